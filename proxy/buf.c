@@ -1,0 +1,98 @@
+/* buf.c - block byte queue. See buf.h. */
+#include "buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+void px_buf_init(struct px_buf *b)
+{
+  b->head = b->tail = NULL;
+  b->len = 0;
+}
+
+static struct px_blk *add_block(struct px_buf *b)
+{
+  struct px_blk *k = malloc(sizeof *k);
+
+  if (k == NULL)
+    return NULL;
+  k->next = NULL;
+  k->off = k->len = 0;
+  if (b->tail != NULL)
+    b->tail->next = k;
+  else
+    b->head = k;
+  b->tail = k;
+  return k;
+}
+
+char *px_buf_reserve(struct px_buf *b, size_t min, size_t *avail)
+{
+  struct px_blk *k = b->tail;
+
+  if (k == NULL || PX_BLK_SIZE - k->len < min) {
+    k = add_block(b);
+    if (k == NULL)
+      return NULL;
+  }
+  *avail = PX_BLK_SIZE - k->len;
+  return k->data + k->len;
+}
+
+void px_buf_commit(struct px_buf *b, size_t n)
+{
+  b->tail->len += n;
+  b->len += n;
+}
+
+int px_buf_append(struct px_buf *b, const void *p, size_t n)
+{
+  const char *s = p;
+
+  while (n > 0) {
+    size_t avail, take;
+    char *dst = px_buf_reserve(b, 1, &avail);
+    if (dst == NULL)
+      return UV_ENOMEM;
+    take = n < avail ? n : avail;
+    memcpy(dst, s, take);
+    px_buf_commit(b, take);
+    s += take;
+    n -= take;
+  }
+  return 0;
+}
+
+struct px_blk *px_buf_take(struct px_buf *b, unsigned max)
+{
+  struct px_blk *first = b->head, *last = NULL, *k = b->head;
+
+  for (unsigned i = 0; k != NULL && i < max; i++) {
+    b->len -= k->len - k->off;
+    last = k;
+    k = k->next;
+  }
+  if (last == NULL)
+    return NULL;
+  last->next = NULL;
+  b->head = k;
+  if (k == NULL)
+    b->tail = NULL;
+  return first;
+}
+
+void px_blk_free_chain(struct px_blk *c)
+{
+  while (c != NULL) {
+    struct px_blk *next = c->next;
+    free(c);
+    c = next;
+  }
+}
+
+void px_buf_clear(struct px_buf *b)
+{
+  px_blk_free_chain(b->head);
+  px_buf_init(b);
+}

@@ -1,0 +1,35 @@
+/* log.h - one key=value line per event, to stderr, syslog or a file.
+ *
+ * Process-wide and safe from any thread: every line goes out in one
+ * write(2). Peer text is passed through px_log_sanitize() first; passwords,
+ * SASL payloads and message bodies are never logged.
+ */
+#ifndef PX_LOG_H
+#define PX_LOG_H
+
+#include <stddef.h>
+
+#include "conf.h"
+
+/* Opens the destination named by c (log, log_level). Returns 0 or a
+ * negative errno code; on error the previous destination stays. */
+int px_log_open(const struct px_conf *c);
+
+/* Reopens a log file (SIGUSR1, after rotation). */
+int px_log_reopen(void);
+
+void px_log_close(void);
+
+int px_log_enabled(enum px_log_level lvl);
+
+void px_log(enum px_log_level lvl, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+
+/* Copies peer text into out[0..cap) as printable ASCII: bytes outside
+ * 0x21-0x7E become \xNN (space too, so values never split a key=value
+ * pair), and the result is cut at max input bytes with "..." appended.
+ * Always NUL-terminates; returns out. */
+char *px_log_sanitize(const char *in, size_t n, size_t max, char *out,
+                      size_t cap);
+
+#endif

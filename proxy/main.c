@@ -1,0 +1,340 @@
+/* main.c - command line, start-up, signals, reload and shutdown.
+ *
+ * The main thread loads the configuration, binds every listening socket,
+ * drops privileges, starts the workers and then only handles signals:
+ * SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 reopens the log file.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <clamav.h>
+#include <openssl/crypto.h>
+#include <uv.h>
+
+#include "conf.h"
+#include "log.h"
+#include "px.h"
+#include "worker.h"
+
+#ifndef PX_VERSION
+#define PX_VERSION "0.1.0"
+#endif
+
+#define PX_ERRBUF 4096
+
+struct px_main {
+  struct px_runtime rt;
+  uv_loop_t *loop;
+  uv_signal_t sig[4];
+  int stopping;
+  unsigned started;               /* workers running */
+};
+
+struct px_conf *px_runtime_conf(struct px_runtime *rt)
+{
+  struct px_conf *c;
+
+  pthread_mutex_lock(&rt->mu);
+  c = rt->conf;
+  px_conf_ref(c);
+  pthread_mutex_unlock(&rt->mu);
+  return c;
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "usage: popgate -c FILE      run in the foreground\n"
+          "       popgate -t -c FILE   check FILE and exit (0 if valid)\n"
+          "       popgate -V           print versions\n"
+          "       popgate -h           this help\n"
+          "signals: HUP reload, TERM/INT stop, USR1 reopen the log file\n");
+}
+
+static void versions(void)
+{
+  printf("popgate %s\n", PX_VERSION);
+  printf("libuv %s\n", uv_version_string());
+  printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+  printf("libclamav %s\n", cl_retver());
+}
+
+/* A session holds two descriptors; ask for as many as we may. */
+static void raise_nofile(void)
+{
+  struct rlimit rl;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      px_log(PX_LOG_WARN, "ev=rlimit err=\"%s\"", strerror(errno));
+  }
+}
+
+static int drop_privileges(const char *user)
+{
+  struct passwd *pw;
+
+  errno = 0;
+  pw = getpwnam(user);
+  if (pw == NULL) {
+    px_log(PX_LOG_ERROR, "ev=start_failed err=\"unknown user %s\"", user);
+    return -EINVAL;
+  }
+  if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 ||
+      setuid(pw->pw_uid) != 0) {
+    px_log(PX_LOG_ERROR, "ev=start_failed err=\"cannot become %s: %s\"", user,
+           strerror(errno));
+    return -errno;
+  }
+  return 0;
+}
+
+/* Two generations may swap only when their listeners are the same: the
+ * sockets stay open across a reload. */
+static const char *reload_blocker(const struct px_conf *a,
+                                  const struct px_conf *b)
+{
+  if (a->nlisteners != b->nlisteners)
+    return "the set of listeners changed";
+  for (size_t i = 0; i < a->nlisteners; i++) {
+    const struct px_conf_listener *x = &a->listeners[i], *y = &b->listeners[i];
+    if (strcmp(x->name, y->name) != 0 ||
+        strcmp(x->bind.host, y->bind.host) != 0 ||
+        strcmp(x->bind.port, y->bind.port) != 0)
+      return "a listener's name or bind changed";
+  }
+  if (a->workers != b->workers)
+    return "workers changed";
+  if ((a->user == NULL) != (b->user == NULL) ||
+      (a->user != NULL && strcmp(a->user, b->user) != 0))
+    return "user changed";
+  return NULL;
+}
+
+static void reload(struct px_main *m)
+{
+  char err[PX_ERRBUF];
+  struct px_conf *nc = NULL, *old;
+  const char *why;
+  int rc;
+
+  rc = px_conf_load(m->rt.conf->path, &nc, err, sizeof err);
+  if (rc < 0) {
+    /* The first error line is enough for the log; -t shows them all. */
+    char *nl = strchr(err, '\n');
+    if (nl != NULL)
+      *nl = '\0';
+    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s\" action=kept_old", err);
+    return;
+  }
+  why = reload_blocker(m->rt.conf, nc);
+  if (why != NULL) {
+    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s; restart to apply\" "
+           "action=kept_old", why);
+    px_conf_unref(&nc);
+    return;
+  }
+  rc = px_log_open(nc);
+  if (rc < 0) {
+    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"log: %s\" action=kept_old",
+           strerror(-rc));
+    px_conf_unref(&nc);
+    return;
+  }
+  pthread_mutex_lock(&m->rt.mu);
+  old = m->rt.conf;
+  m->rt.conf = nc;
+  pthread_mutex_unlock(&m->rt.mu);
+  px_conf_unref(&old);            /* sessions still on it keep their refs */
+  px_log(PX_LOG_INFO, "ev=reload status=ok");
+}
+
+static void stop(struct px_main *m, int signum)
+{
+  if (m->stopping)
+    return;
+  m->stopping = 1;
+  px_log(PX_LOG_INFO, "ev=stopping signal=%s", strsignal(signum));
+  for (unsigned i = 0; i < m->started; i++)
+    px_worker_stop(&m->rt.workers[i]);
+  for (size_t i = 0; i < PX_ARRAY_LEN(m->sig); i++)
+    uv_close((uv_handle_t *)&m->sig[i], NULL);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+  struct px_main *m = h->data;
+
+  switch (signum) {
+  case SIGHUP:
+    reload(m);
+    break;
+  case SIGUSR1:
+    if (px_log_reopen() < 0)
+      px_log(PX_LOG_ERROR, "ev=log_reopen_failed");
+    break;
+  default:
+    stop(m, signum);
+    break;
+  }
+}
+
+static int setup_runtime(struct px_main *m)
+{
+  struct px_runtime *rt = &m->rt;
+  struct px_conf *c = rt->conf;
+
+  rt->nworkers = c->workers;
+  rt->lrt = calloc(c->nlisteners, sizeof *rt->lrt);
+  rt->workers = calloc(rt->nworkers, sizeof *rt->workers);
+  if (rt->lrt == NULL || rt->workers == NULL)
+    return -ENOMEM;
+  for (size_t i = 0; i < c->nlisteners; i++) {
+    struct px_lrt *l = &rt->lrt[i];
+    l->idx = i;
+    l->name = strdup(c->listeners[i].name);
+    l->fds = malloc(rt->nworkers * sizeof *l->fds);
+    l->ips = px_iptab_new();
+    if (l->name == NULL || l->fds == NULL || l->ips == NULL)
+      return -ENOMEM;
+    for (unsigned k = 0; k < rt->nworkers; k++)
+      l->fds[k] = -1;
+    pthread_mutex_init(&l->mu, NULL);
+  }
+  for (unsigned k = 0; k < rt->nworkers; k++) {
+    rt->workers[k].idx = k;
+    rt->workers[k].rt = rt;
+  }
+  return 0;
+}
+
+static void free_runtime(struct px_runtime *rt)
+{
+  if (rt->lrt != NULL) {
+    px_listener_close_fds(rt);
+    for (size_t i = 0; i < rt->conf->nlisteners; i++) {
+      free(rt->lrt[i].name);
+      free(rt->lrt[i].fds);
+      px_iptab_free(&rt->lrt[i].ips);
+      pthread_mutex_destroy(&rt->lrt[i].mu);
+    }
+  }
+  if (rt->workers != NULL)
+    for (unsigned k = 0; k < rt->nworkers; k++)
+      free(rt->workers[k].lsn);
+  free(rt->lrt);
+  free(rt->workers);
+  px_conf_unref(&rt->conf);
+}
+
+int main(int argc, char **argv)
+{
+  static const int signums[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+  _Static_assert(PX_ARRAY_LEN(signums) ==
+                   PX_ARRAY_LEN(((struct px_main *)0)->sig),
+                 "one handle per signal");
+  struct px_main m;
+  const char *path = NULL;
+  char err[PX_ERRBUF];
+  int opt, check = 0, rc;
+
+  memset(&m, 0, sizeof m);
+  pthread_mutex_init(&m.rt.mu, NULL);
+  while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    switch (opt) {
+    case 'c':
+      path = optarg;
+      break;
+    case 't':
+      check = 1;
+      break;
+    case 'V':
+      versions();
+      return 0;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (path == NULL || optind != argc) {
+    usage(stderr);
+    return 2;
+  }
+
+  rc = px_conf_load(path, &m.rt.conf, err, sizeof err);
+  if (rc < 0) {
+    fputs(err, stderr);
+    return 1;
+  }
+  if (check) {
+    fprintf(stderr, "popgate: %s: configuration is valid\n", path);
+    px_conf_unref(&m.rt.conf);
+    return 0;
+  }
+
+  signal(SIGPIPE, SIG_IGN);
+  rc = px_log_open(m.rt.conf);
+  if (rc < 0) {
+    fprintf(stderr, "popgate: cannot open log %s: %s\n", m.rt.conf->log_path,
+            strerror(-rc));
+    px_conf_unref(&m.rt.conf);
+    return 1;
+  }
+  raise_nofile();
+
+  rc = setup_runtime(&m);
+  if (rc == 0)
+    rc = px_listener_bind_all(&m.rt, err, sizeof err);
+  if (rc < 0) {
+    px_log(PX_LOG_ERROR, "ev=start_failed err=\"%s\"",
+           rc == -ENOMEM ? "out of memory" : err);
+    goto out;
+  }
+  if (m.rt.conf->user != NULL && (rc = drop_privileges(m.rt.conf->user)) < 0)
+    goto out;
+
+  m.loop = uv_default_loop();
+  for (size_t i = 0; i < PX_ARRAY_LEN(signums); i++) {
+    uv_signal_init(m.loop, &m.sig[i]);
+    m.sig[i].data = &m;
+    uv_signal_start(&m.sig[i], signal_cb, signums[i]);
+  }
+  for (; m.started < m.rt.nworkers; m.started++) {
+    rc = px_worker_start(&m.rt.workers[m.started]);
+    if (rc < 0) {
+      px_log(PX_LOG_ERROR, "ev=start_failed err=\"worker %u: %s\"",
+             m.started, uv_strerror(rc));
+      break;
+    }
+  }
+  if (rc == 0)
+    px_log(PX_LOG_INFO, "ev=start version=%s workers=%u listeners=%zu "
+           "pid=%ld", PX_VERSION, m.rt.nworkers, m.rt.conf->nlisteners,
+           (long)getpid());
+  else
+    stop(&m, SIGTERM);
+
+  uv_run(m.loop, UV_RUN_DEFAULT);
+  for (unsigned k = 0; k < m.started; k++)
+    uv_thread_join(&m.rt.workers[k].thread);
+  uv_loop_close(m.loop);
+  px_log(PX_LOG_INFO, "ev=stopped");
+
+out:
+  free_runtime(&m.rt);
+  px_log_close();
+  pthread_mutex_destroy(&m.rt.mu);
+  return rc < 0 ? 1 : 0;
+}

@@ -1,0 +1,1201 @@
+/* session.c - one client, its upstream, and the POP3 dialogue between.
+ *
+ *   CONNECTING --greeting relayed--> AUTHORIZATION --+OK to PASS/APOP/AUTH-->
+ *   TRANSACTION --QUIT answered, error, timeout, EOF--> CLOSING --refs 0--> freed
+ *
+ * The client's lines are parsed strictly (pop3.c) and queued in a FIFO
+ * (cmdq.c) with the proxy's own replies in between. The head of the FIFO is
+ * the only command the upstream is working on (window 1: the next command
+ * goes upstream once the previous answer has been relayed), and it decides
+ * how the upstream's bytes are framed. A command is forwarded as a line the
+ * proxy rebuilt, never as the client's bytes.
+ *
+ * Lifetime: refs counts 1 "alive" + 1 per open handle + 1 per request in
+ * flight (write, connect, getaddrinfo). px_session_close() drops "alive";
+ * the struct is freed when the last callback has run.
+ */
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "cmdq.h"
+#include "conn.h"
+#include "dot.h"
+#include "log.h"
+#include "pop3.h"
+#include "px.h"
+
+enum px_state {
+  PX_ST_CONNECTING = 0, PX_ST_AUTHORIZATION, PX_ST_TRANSACTION,
+  PX_ST_CLOSING, PX_ST_COUNT
+};
+static const char *const px_state_names[] = { "connecting", "authorization",
+                                              "transaction", "closing" };
+_Static_assert(sizeof px_state_names / sizeof *px_state_names == PX_ST_COUNT,
+               "px_state_names out of sync");
+
+/* Commands read ahead of their answers. Past it the client is not read:
+ * a client that pipelines without reading stalls itself, not the proxy. */
+#define PX_MAX_PIPELINED 64
+/* Unparsed client bytes: one read, plus a pending line. */
+#define PX_CIN_CAP (PX_SLAB_SIZE + PX_SASL_MAX)
+#define PX_USER_LOG_MAX 64
+#define PX_PEER_TEXT_MAX 160
+
+struct px_session {
+  struct px_session *prev, *next;
+  struct px_worker *w;
+  struct px_lrt *lrt;
+  const struct px_conf_listener *cl;
+  const struct px_conf_upstream *cu;
+  struct px_conf *conf;           /* the generation this session runs on */
+  uint64_t id;
+  int refs;
+  enum px_state st;
+
+  unsigned closing : 1;           /* px_session_close ran */
+  unsigned draining : 1;          /* close once the client output is sent */
+  unsigned counted : 1;           /* holds a px_lrt slot */
+  unsigned connecting : 1;        /* an upstream connect is under way */
+  unsigned up_retry : 1;          /* try the next address once up closes */
+  unsigned up_ready : 1;          /* the greeting has been relayed */
+  unsigned head_sent : 1;         /* the head's command went upstream */
+  unsigned head_mid : 1;          /* part of the head's answer was relayed */
+  unsigned sasl : 1;              /* an AUTH exchange is queued or running */
+  unsigned sasl_wait : 1;         /* the next client line is SASL data */
+  unsigned sasl_plain : 1;        /* that exchange is PLAIN (user for log) */
+  unsigned quit : 1;              /* QUIT queued: parse nothing after it */
+  unsigned utf8 : 1;              /* RFC 6856 UTF8 accepted */
+  unsigned up_paused : 1;         /* upstream reads stopped: client behind */
+
+  struct px_conn cli, up;
+  uv_timer_t timer;
+  uv_connect_t creq;
+  uv_getaddrinfo_t gai;
+  struct addrinfo *ai, *ai_next;
+  size_t server_idx;
+
+  struct px_cmdq q;
+  struct px_framer fr;
+  struct px_dot_enc enc;
+  char *cin;                      /* unparsed client bytes, while any */
+  size_t cinlen;
+  unsigned errors;
+
+  uint64_t t_start, t_cli, t_up, t_conn;
+  struct sockaddr_storage peer;
+  char peer_str[64];
+  char up_str[64];
+  char user[PX_USER_LOG_MAX * 4 + 4];
+  unsigned ncmds, nmsgs;
+  int auth_ok;
+  const char *reason;
+};
+
+static void dispatch(struct px_session *s);
+static void parse_client(struct px_session *s);
+static void up_connect_next(struct px_session *s);
+static void arm_timer(struct px_session *s);
+static void session_close(struct px_session *s, const char *reason);
+
+/* ---- references --------------------------------------------------------- */
+
+static void session_free(struct px_session *s)
+{
+  struct px_conf *c = s->conf;
+
+  assert(s->refs == 0);
+  px_conf_unref(&c);
+  free(s);
+}
+
+static void session_ref(struct px_session *s)
+{
+  s->refs++;
+}
+
+static void session_unref(struct px_session **sp)
+{
+  struct px_session *s = *sp;
+
+  *sp = NULL;
+  if (--s->refs == 0)
+    session_free(s);
+}
+
+static struct px_session *conn_session(struct px_conn *c)
+{
+  return c->owner;
+}
+
+static void conn_hold(struct px_conn *c)
+{
+  session_ref(conn_session(c));
+}
+
+static void conn_release(struct px_conn *c)
+{
+  struct px_session *s = conn_session(c);
+  session_unref(&s);
+}
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+  struct px_session *s = h->data;
+  session_unref(&s);
+}
+
+struct px_session *px_session_next(const struct px_session *s)
+{
+  return s->next;
+}
+
+static uint64_t now_ms(const struct px_session *s)
+{
+  return uv_now(&s->w->loop);
+}
+
+static void enter_state(struct px_session *s, enum px_state st)
+{
+  if (s->st == st)
+    return;
+  if (px_log_enabled(PX_LOG_DEBUG))
+    px_log(PX_LOG_DEBUG, "sid=%016" PRIx64 " ev=state from=%s to=%s", s->id,
+           px_state_names[s->st], px_state_names[st]);
+  s->st = st;
+}
+
+/* ---- output helpers ----------------------------------------------------- */
+
+static void to_client(struct px_session *s, const void *p, size_t n)
+{
+  if (px_conn_write(&s->cli, p, n) < 0)
+    session_close(s, "out_of_memory");
+}
+
+static void to_client_str(struct px_session *s, const char *str)
+{
+  to_client(s, str, strlen(str));
+}
+
+static void to_client_line(struct px_session *s, const char *p, size_t n)
+{
+  to_client(s, p, n);
+  to_client_str(s, "\r\n");
+}
+
+static void flush(struct px_session *s)
+{
+  int rc;
+
+  if (s->closing)
+    return;
+  rc = px_conn_flush(&s->cli);
+  if (rc == 0)
+    rc = px_conn_flush(&s->up);
+  if (rc < 0)
+    session_close(s, "write_error");
+}
+
+/* Stops or resumes reading the client: it is not read while the queue is
+ * full, while an AUTH exchange waits for the upstream's challenge, after
+ * QUIT, while the proxy drains toward a close, or while the upstream leg
+ * has more than the high watermark queued. */
+static void update_reading(struct px_session *s)
+{
+  int blocked;
+
+  if (s->closing)
+    return;
+  blocked = s->draining || s->quit || px_cmdq_full(&s->q) ||
+            (s->sasl && !s->sasl_wait) ||
+            px_conn_pending(&s->up) > PX_HIGH_WATER;
+  if (blocked)
+    px_conn_read_stop(&s->cli);
+  else if (px_conn_read_start(&s->cli) < 0)
+    session_close(s, "read_error");
+}
+
+/* Ends the session after the client has been sent what is queued for it:
+ * the upstream is closed now, without QUIT (RFC 1939 6: only a QUIT of the
+ * client's may enter the UPDATE state). */
+static void finish(struct px_session *s, const char *reason)
+{
+  if (s->closing || s->draining)
+    return;
+  s->draining = 1;
+  s->reason = reason;
+  enter_state(s, PX_ST_CLOSING);
+  px_conn_close(&s->up);
+  px_conn_read_stop(&s->cli);
+  flush(s);
+  if (!s->closing && px_conn_pending(&s->cli) == 0)
+    session_close(s, reason);
+}
+
+/* The upstream failed (EOF, error, protocol violation, timeout). A client
+ * that has seen nothing of the pending answer gets -ERR [SYS/TEMP]; one in
+ * the middle of a multi-line answer gets the connection closed, never an
+ * invented terminator. */
+static void upstream_failed(struct px_session *s, const char *reason,
+                            const char *client_msg)
+{
+  if (s->closing || s->draining)
+    return;
+  s->w->ctr.upstream_errors_total++;
+  if (!s->head_mid && (s->head_sent || s->connecting || !s->up_ready))
+    to_client_str(s, client_msg);
+  finish(s, reason);
+}
+
+static void push_local(struct px_session *s, const char *reply, int close)
+{
+  /* Queued like a relayed command, so that answers stay in order. The
+   * parser checked that the queue has room. */
+  struct px_cmdq_ent *e = px_cmdq_push(&s->q, PX_CQ_LOCAL, reply,
+                                       strlen(reply));
+  if (e == NULL) {
+    session_close(s, "out_of_memory");
+    return;
+  }
+  e->close_after = close;
+}
+
+/* ---- the client side ---------------------------------------------------- */
+
+/* Records the user name for the log from AUTH PLAIN's first response:
+ * base64 of "authzid NUL authcid NUL password". The password is wiped. */
+static void note_plain_user(struct px_session *s, const char *b64, size_t n)
+{
+  unsigned char dec[PX_SASL_MAX];
+  int len;
+  const unsigned char *authcid, *pass;
+
+  if (n == 0 || n % 4 != 0 || n / 4 * 3 > sizeof dec)
+    return;
+  len = EVP_DecodeBlock(dec, (const unsigned char *)b64, (int)n);
+  if (len < 0)
+    return;
+  while (len > 0 && n > 0 && b64[n - 1] == '=') {
+    len--;                        /* EVP_DecodeBlock counts the padding */
+    n--;
+  }
+  authcid = memchr(dec, '\0', (size_t)len);
+  if (authcid != NULL) {
+    authcid++;
+    pass = memchr(authcid, '\0', (size_t)(dec + len - authcid));
+    if (pass != NULL)
+      px_log_sanitize((const char *)authcid, (size_t)(pass - authcid),
+                      PX_USER_LOG_MAX, s->user, sizeof s->user);
+  }
+  OPENSSL_cleanse(dec, sizeof dec);
+}
+
+static void take_command(struct px_session *s, const char *line, size_t len)
+{
+  struct px_cmd c;
+  struct px_cmdq_ent *e;
+  char out[PX_CMD_MAX + 1];
+  size_t n;
+  int rc = px_pop3_parse_cmd(line, len, s->utf8, &c);
+
+  if (rc < 0) {
+    s->errors++;
+    s->w->ctr.commands_rejected++;
+    if (s->errors >= s->cl->max_errors) {
+      push_local(s, "-ERR Too many invalid commands, closing\r\n", 1);
+      s->quit = 1;
+    } else if (rc == PX_EBADCMD) {
+      push_local(s, "-ERR Unknown command\r\n", 0);
+    } else if (rc == PX_EBADCHAR) {
+      push_local(s, "-ERR Invalid character in command\r\n", 0);
+    } else {
+      push_local(s, "-ERR Invalid arguments\r\n", 0);
+    }
+    return;
+  }
+  s->ncmds++;
+  s->w->ctr.commands_total[c.id]++;
+
+  switch (c.id) {
+  case PX_CMD_STLS:
+    push_local(s, "-ERR STLS is not offered on this listener\r\n", 0);
+    return;
+  case PX_CMD_USER:
+  case PX_CMD_APOP:
+    px_log_sanitize(c.arg[0], c.arglen[0], PX_USER_LOG_MAX, s->user,
+                    sizeof s->user);
+    break;
+  case PX_CMD_AUTH:
+    if (c.nargs == 0)
+      break;                      /* the mechanism list: multi-line */
+    s->sasl = 1;
+    s->sasl_plain = c.arglen[0] == 5 && strncasecmp(c.arg[0], "PLAIN", 5) == 0;
+    if (s->sasl_plain && c.nargs == 2) {
+      note_plain_user(s, c.arg[1], c.arglen[1]);
+      s->sasl_plain = 0;
+    }
+    break;
+  case PX_CMD_QUIT:
+    s->quit = 1;
+    break;
+  default:
+    break;
+  }
+
+  n = px_pop3_format_cmd(&c, out, sizeof out);
+  assert(n > 0);
+  e = px_cmdq_push(&s->q, PX_CQ_RELAY, out, n);
+  OPENSSL_cleanse(out, sizeof out);
+  if (e == NULL) {
+    session_close(s, "out_of_memory");
+    return;
+  }
+  e->id = c.id;
+  e->shape = px_pop3_shape(&c);
+}
+
+/* Forwards one SASL line of the client's, as it stands: it was checked to
+ * be base64 or "*"; anything else cancels the exchange. */
+static void take_sasl_line(struct px_session *s, const char *line, size_t len)
+{
+  int rc;
+
+  if (px_pop3_sasl_check(line, len) != 0) {
+    rc = px_conn_write(&s->up, "*\r\n", 3);
+  } else {
+    if (s->sasl_plain) {
+      note_plain_user(s, line, len);
+      s->sasl_plain = 0;
+    }
+    rc = px_conn_write(&s->up, line, len + 2);
+  }
+  if (rc < 0) {
+    session_close(s, "out_of_memory");
+    return;
+  }
+  s->sasl_wait = 0;
+  s->t_up = now_ms(s);
+}
+
+static void parse_client(struct px_session *s)
+{
+  size_t off = 0, len;
+  int rc;
+
+  while (off < s->cinlen && !s->closing && !s->draining) {
+    const char *p = s->cin + off;
+    size_t n = s->cinlen - off;
+
+    if (s->sasl_wait) {
+      rc = px_pop3_line(p, n, PX_SASL_MAX, &len);
+      if (rc == 0)
+        break;
+      if (rc < 0) {
+        s->w->ctr.commands_rejected++;
+        to_client_str(s, "-ERR Line too long, closing\r\n");
+        finish(s, "line_too_long");
+        break;
+      }
+      take_sasl_line(s, p, len);
+      off += len + 2;
+      continue;
+    }
+    if (s->quit || s->sasl || px_cmdq_full(&s->q))
+      break;
+    rc = px_pop3_line(p, n, PX_CMD_MAX, &len);
+    if (rc == 0)
+      break;
+    if (rc < 0) {
+      s->w->ctr.commands_rejected++;
+      push_local(s, "-ERR Command line too long, closing\r\n", 1);
+      s->quit = 1;
+      off = s->cinlen;
+      break;
+    }
+    take_command(s, p, len);
+    off += len + 2;
+  }
+
+  if (s->cin == NULL)
+    return;
+  if (off >= s->cinlen || s->closing) {
+    OPENSSL_cleanse(s->cin, s->cinlen);
+    free(s->cin);
+    s->cin = NULL;
+    s->cinlen = 0;
+  } else if (off > 0) {
+    memmove(s->cin, s->cin + off, s->cinlen - off);
+    s->cinlen -= off;
+  }
+}
+
+static void client_read(struct px_conn *c, const char *p, ssize_t n)
+{
+  struct px_session *s = conn_session(c);
+
+  if (s->closing)
+    return;
+  if (n < 0) {
+    session_close(s, n == UV_EOF ? "client_eof" : "client_error");
+    return;
+  }
+  s->t_cli = now_ms(s);
+  if (s->draining)
+    return;
+  if (s->cin == NULL) {
+    s->cin = malloc(PX_CIN_CAP);
+    if (s->cin == NULL) {
+      session_close(s, "out_of_memory");
+      return;
+    }
+  }
+  if ((size_t)n > PX_CIN_CAP - s->cinlen) {
+    /* Reading stops whenever the parser cannot take more, so only a
+     * client that ignores the protocol gets here. */
+    to_client_str(s, "-ERR Too much input, closing\r\n");
+    finish(s, "input_overflow");
+    return;
+  }
+  memcpy(s->cin + s->cinlen, p, (size_t)n);
+  s->cinlen += (size_t)n;
+
+  session_ref(s);
+  parse_client(s);
+  dispatch(s);
+  flush(s);
+  update_reading(s);
+  session_unref(&s);
+}
+
+static void client_written(struct px_conn *c, int status)
+{
+  struct px_session *s = conn_session(c);
+
+  if (s->closing)
+    return;
+  if (status < 0) {
+    session_close(s, "client_error");
+    return;
+  }
+  s->t_cli = now_ms(s);
+  if (s->draining && px_conn_pending(&s->cli) == 0) {
+    session_close(s, s->reason);
+    return;
+  }
+  flush(s);
+  if (s->up_paused && px_conn_pending(&s->cli) < PX_LOW_WATER &&
+      !s->draining) {
+    s->up_paused = 0;
+    if (px_conn_read_start(&s->up) < 0)
+      upstream_failed(s, "upstream_error",
+                      "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
+    arm_timer(s);
+  }
+}
+
+static void client_closed(struct px_conn *c)
+{
+  (void)c;
+}
+
+static const struct px_conn_ops client_ops = {
+  client_read, client_written, client_closed, conn_hold, conn_release
+};
+
+/* ---- the upstream side -------------------------------------------------- */
+
+/* Sends the head of the queue on its way: local replies go to the client;
+ * a relayed command goes upstream once the greeting is through and the
+ * previous answer is complete. */
+static void dispatch(struct px_session *s)
+{
+  struct px_cmdq_ent *e;
+
+  while (!s->closing && !s->draining && (e = px_cmdq_head(&s->q)) != NULL) {
+    if (e->kind == PX_CQ_LOCAL) {
+      int close_after = e->close_after;
+      to_client(s, e->line, e->len);
+      px_cmdq_pop(&s->q);
+      if (close_after) {
+        finish(s, "client_errors");
+        return;
+      }
+      continue;
+    }
+    if (e->kind == PX_CQ_GREETING || !s->up_ready || s->head_sent)
+      return;
+    if (px_conn_write(&s->up, e->line, e->len) < 0) {
+      session_close(s, "out_of_memory");
+      return;
+    }
+    s->head_sent = 1;
+    px_framer_start(&s->fr, e->shape, e->id == PX_CMD_CAPA,
+                    s->cu->max_response_line);
+    s->t_up = now_ms(s);
+    arm_timer(s);
+    return;
+  }
+}
+
+static void complete_head(struct px_session *s)
+{
+  struct px_cmdq_ent *e = px_cmdq_head(&s->q);
+
+  if (e->kind == PX_CQ_RELAY && e->shape == PX_SHAPE_SASL) {
+    s->sasl = 0;
+    s->sasl_wait = 0;
+    s->sasl_plain = 0;
+  }
+  px_framer_reset(&s->fr);
+  px_cmdq_pop(&s->q);
+  s->head_sent = 0;
+  s->head_mid = 0;
+  parse_client(s);
+}
+
+/* CAPA is rebuilt from the upstream's list: only what the proxy can frame
+ * and relay faithfully is offered. STLS is the listener's business, not
+ * the upstream's; XCLIENT would let clients choose their logged address;
+ * IMPLEMENTATION names the server behind. */
+static void capa_line(struct px_session *s, const char *p, size_t n)
+{
+  static const char *const keep[] = {
+    "TOP", "UIDL", "USER", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE",
+    "LOGIN-DELAY", "EXPIRE", "UTF8", "LANG"
+  };
+  size_t len = n - 2, kw, o;
+  char *out = s->w->scratch;      /* free: line mode leaves it unused */
+
+  for (kw = 0; kw < len && p[kw] != ' '; kw++)
+    ;
+  for (size_t i = 0; i < PX_ARRAY_LEN(keep); i++)
+    if (strlen(keep[i]) == kw && strncasecmp(p, keep[i], kw) == 0) {
+      to_client(s, p, n);
+      return;
+    }
+  if (!(kw == 4 && strncasecmp(p, "SASL", 4) == 0))
+    return;
+
+  /* SASL: drop EXTERNAL and channel-binding mechanisms (AUTH refuses
+   * them too). The line fits: it only gets shorter. */
+  memcpy(out, "SASL", 4);
+  o = 4;
+  for (size_t i = kw; i < len;) {
+    size_t j;
+    while (i < len && p[i] == ' ')
+      i++;
+    for (j = i; j < len && p[j] != ' '; j++)
+      ;
+    if (j > i && px_pop3_sasl_mech_ok(p + i, j - i)) {
+      out[o++] = ' ';
+      memcpy(out + o, p + i, j - i);
+      o += j - i;
+    }
+    i = j;
+  }
+  if (o > 4) {
+    out[o++] = '\r';
+    out[o++] = '\n';
+    to_client(s, out, o);
+  }
+}
+
+static void body_bytes(struct px_session *s, const char *p, size_t n)
+{
+  while (n > 0 && !s->closing) {
+    size_t avail, outn, used;
+    char *dst = px_buf_reserve(&s->cli.out, 2, &avail);
+    if (dst == NULL) {
+      session_close(s, "out_of_memory");
+      return;
+    }
+    used = px_dot_encode(&s->enc, p, n, dst, avail, &outn);
+    px_buf_commit(&s->cli.out, outn);
+    p += used;
+    n -= used;
+  }
+}
+
+static void on_status(struct px_session *s, const struct px_fr_out *o)
+{
+  struct px_cmdq_ent *e = px_cmdq_head(&s->q);
+  enum px_cmd_id id = e->id;
+
+  to_client_line(s, o->p, o->n);
+
+  if (e->kind == PX_CQ_GREETING) {
+    px_framer_reset(&s->fr);
+    px_cmdq_pop(&s->q);
+    s->head_sent = 0;
+    if (!o->ok) {
+      finish(s, "upstream_refused");
+      return;
+    }
+    s->up_ready = 1;
+    enter_state(s, PX_ST_AUTHORIZATION);
+    return;
+  }
+
+  if (o->ok) {
+    switch (id) {
+    case PX_CMD_PASS:
+    case PX_CMD_APOP:
+      s->auth_ok = 1;
+      enter_state(s, PX_ST_TRANSACTION);
+      break;
+    case PX_CMD_AUTH:
+      if (e->shape == PX_SHAPE_SASL) {
+        s->auth_ok = 1;
+        enter_state(s, PX_ST_TRANSACTION);
+      }
+      break;
+    case PX_CMD_UTF8:
+      s->utf8 = 1;
+      break;
+    case PX_CMD_RETR:
+    case PX_CMD_TOP:
+      s->nmsgs++;
+      break;
+    default:
+      break;
+    }
+    if (e->shape == PX_SHAPE_MULTI) {
+      s->head_mid = 1;
+      px_dot_enc_init(&s->enc);
+      return;
+    }
+  }
+  complete_head(s);
+  if (id == PX_CMD_QUIT)
+    finish(s, "quit");
+}
+
+static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
+{
+  struct px_session *s = conn_session(c);
+  size_t left;
+
+  if (s->closing || s->draining)
+    return;
+  if (n < 0) {
+    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_closed upstream=%s "
+           "err=%s", s->id, s->up_str, px_strerror((int)n));
+    upstream_failed(s, n == UV_EOF ? "upstream_eof" : "upstream_error",
+                    "-ERR [SYS/TEMP] Upstream closed the connection\r\n");
+    return;
+  }
+  s->t_up = now_ms(s);
+  left = (size_t)n;
+
+  session_ref(s);
+  while (left > 0 && !s->closing && !s->draining) {
+    struct px_cmdq_ent *e = px_cmdq_head(&s->q);
+    struct px_fr_out o;
+    ssize_t used;
+
+    if (e == NULL || e->kind == PX_CQ_LOCAL || !s->head_sent) {
+      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
+             "upstream=%s err=\"unsolicited data\"", s->id, s->up_str);
+      upstream_failed(s, "upstream_protocol",
+                      "-ERR [SYS/TEMP] Upstream protocol error\r\n");
+      break;
+    }
+    used = px_framer_feed(&s->fr, p, left, s->w->scratch,
+                          sizeof s->w->scratch, &o);
+    if (used < 0) {
+      char txt[PX_PEER_TEXT_MAX * 4 + 4];
+      px_log_sanitize(p, left, PX_PEER_TEXT_MAX, txt, sizeof txt);
+      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
+             "upstream=%s err=\"%s\" data=%s", s->id, s->up_str,
+             px_strerror((int)used), txt);
+      upstream_failed(s, "upstream_protocol",
+                      "-ERR [SYS/TEMP] Upstream protocol error\r\n");
+      break;
+    }
+    p += used;
+    left -= (size_t)used;
+
+    switch (o.ev) {
+    case PX_FR_NONE:
+      if (used == 0) {
+        /* The framer is done with this answer and bytes remain: nothing
+         * was asked for them (window 1). */
+        px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
+               "upstream=%s err=\"data after the response\"", s->id,
+               s->up_str);
+        upstream_failed(s, "upstream_protocol",
+                        "-ERR [SYS/TEMP] Upstream protocol error\r\n");
+      }
+      break;
+    case PX_FR_STATUS:
+      on_status(s, &o);
+      break;
+    case PX_FR_CONT:
+      to_client_line(s, o.p, o.n);
+      s->head_mid = 1;
+      s->sasl_wait = 1;
+      parse_client(s);
+      break;
+    case PX_FR_BODY:
+      body_bytes(s, o.p, o.n);
+      break;
+    case PX_FR_LINE:
+      capa_line(s, o.p, o.n);
+      break;
+    case PX_FR_END:
+      if (e->id == PX_CMD_CAPA) {
+        to_client_str(s, ".\r\n");
+      } else {
+        char end[PX_DOT_END_MAX];
+        to_client(s, end, px_dot_encode_end(&s->enc, end));
+      }
+      complete_head(s);
+      break;
+    case PX_FR_COUNT:
+      break;
+    }
+  }
+  /* A framer in the middle of a body may still be owed its END event. */
+  if (!s->closing && !s->draining && s->head_sent && s->fr.st == PX_FRS_BODY &&
+      s->fr.dot.st == PX_DOT_DONE) {
+    struct px_fr_out o;
+    char end[PX_DOT_END_MAX];
+    (void)px_framer_feed(&s->fr, NULL, 0, s->w->scratch,
+                         sizeof s->w->scratch, &o);
+    assert(o.ev == PX_FR_END);
+    to_client(s, end, px_dot_encode_end(&s->enc, end));
+    complete_head(s);
+  }
+
+  if (!s->closing && !s->draining) {
+    dispatch(s);
+    flush(s);
+    if (!s->closing && px_conn_pending(&s->cli) > PX_HIGH_WATER) {
+      px_conn_read_stop(&s->up);
+      s->up_paused = 1;
+    }
+    update_reading(s);
+  }
+  session_unref(&s);
+}
+
+static void upstream_written(struct px_conn *c, int status)
+{
+  struct px_session *s = conn_session(c);
+
+  if (s->closing || s->draining)
+    return;
+  if (status < 0) {
+    upstream_failed(s, "upstream_error",
+                    "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
+    return;
+  }
+  flush(s);
+  update_reading(s);
+}
+
+static void upstream_closed(struct px_conn *c)
+{
+  struct px_session *s = conn_session(c);
+
+  if (s->up_retry && !s->closing && !s->draining) {
+    s->up_retry = 0;
+    up_connect_next(s);
+  }
+}
+
+static const struct px_conn_ops upstream_ops = {
+  upstream_read, upstream_written, upstream_closed, conn_hold, conn_release
+};
+
+/* ---- connecting to the upstream ---------------------------------------- */
+
+static void upstream_unavailable(struct px_session *s)
+{
+  s->connecting = 0;
+  px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_unavailable "
+         "upstream=%s servers=%zu", s->id, s->cu->name, s->cu->nservers);
+  upstream_failed(s, "upstream_unavailable",
+                  "-ERR [SYS/TEMP] Upstream unavailable, try again later\r\n");
+}
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+  struct px_session *s = req->data;
+
+  if (s->closing || s->draining || status == UV_ECANCELED) {
+    session_unref(&s);
+    return;
+  }
+  if (status < 0) {
+    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
+           "server=%s err=%s", s->id, s->up_str, uv_strerror(status));
+    s->w->ctr.upstream_errors_total++;
+    s->up_retry = 1;
+    px_conn_close(&s->up);
+    session_unref(&s);
+    return;
+  }
+  s->connecting = 0;
+  uv_tcp_nodelay(&s->up.tcp, 1);
+  s->head_sent = 1;               /* the greeting is due */
+  px_framer_start(&s->fr, PX_SHAPE_SINGLE, 0, s->cu->max_response_line);
+  s->t_up = now_ms(s);
+  if (px_conn_read_start(&s->up) < 0)
+    upstream_failed(s, "upstream_error",
+                    "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
+  else
+    arm_timer(s);
+  session_unref(&s);
+}
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t cap)
+{
+  char host[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    port = ntohs(in->sin_port);
+    snprintf(out, cap, "%s:%d", host, port);
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    port = ntohs(in6->sin6_port);
+    snprintf(out, cap, "[%s]:%d", host, port);
+  } else {
+    snprintf(out, cap, "?");
+  }
+}
+
+/* Starts a connect to sa. Any failure closes the leg, and its close
+ * callback moves on to the next address. */
+static void up_connect_addr(struct px_session *s, const struct sockaddr *sa)
+{
+  int rc;
+
+  format_addr(sa, s->up_str, sizeof s->up_str);
+  rc = px_conn_init(&s->up, &s->w->loop, &upstream_ops, s, s->w->slab,
+                    sizeof s->w->slab);
+  if (rc < 0) {
+    upstream_unavailable(s);
+    return;
+  }
+  s->connecting = 1;
+  s->t_conn = now_ms(s);
+  s->creq.data = s;
+  rc = uv_tcp_connect(&s->creq, &s->up.tcp, sa, connect_cb);
+  if (rc < 0) {
+    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
+           "server=%s err=%s", s->id, s->up_str, uv_strerror(rc));
+    s->up_retry = 1;
+    px_conn_close(&s->up);
+    return;
+  }
+  session_ref(s);
+  arm_timer(s);
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+  struct px_session *s = req->data;
+
+  if (s->closing || s->draining) {
+    uv_freeaddrinfo(res);
+    session_unref(&s);
+    return;
+  }
+  if (status < 0) {
+    const struct px_conf_hostport *hp = &s->cu->servers[s->server_idx - 1];
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_resolve_failed "
+           "server=%s:%s err=%s", s->id, hp->host, hp->port,
+           uv_strerror(status));
+    s->w->ctr.upstream_errors_total++;
+  } else {
+    s->ai = res;
+    s->ai_next = res;
+  }
+  up_connect_next(s);
+  session_unref(&s);
+}
+
+/* Tries the next address of the current server, then the next server in
+ * file order; when none is left the client gets -ERR [SYS/TEMP]. */
+static void up_connect_next(struct px_session *s)
+{
+  const struct px_conf_hostport *hp;
+  struct sockaddr_storage ss;
+  struct addrinfo hints;
+  int rc;
+
+  if (s->ai_next != NULL) {
+    struct addrinfo *ai = s->ai_next;
+    s->ai_next = ai->ai_next;
+    up_connect_addr(s, ai->ai_addr);
+    return;
+  }
+  if (s->ai != NULL) {
+    uv_freeaddrinfo(s->ai);
+    s->ai = NULL;
+  }
+  if (s->server_idx >= s->cu->nservers) {
+    upstream_unavailable(s);
+    return;
+  }
+  hp = &s->cu->servers[s->server_idx++];
+  if (uv_ip4_addr(hp->host, atoi(hp->port), (struct sockaddr_in *)&ss) == 0 ||
+      uv_ip6_addr(hp->host, atoi(hp->port), (struct sockaddr_in6 *)&ss) == 0) {
+    up_connect_addr(s, (const struct sockaddr *)&ss);
+    return;
+  }
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  s->gai.data = s;
+  s->connecting = 1;
+  s->t_conn = now_ms(s);
+  rc = uv_getaddrinfo(&s->w->loop, &s->gai, gai_cb, hp->host, hp->port,
+                      &hints);
+  if (rc < 0) {
+    s->connecting = 0;
+    up_connect_next(s);
+    return;
+  }
+  session_ref(s);
+  arm_timer(s);
+}
+
+/* ---- deadlines ---------------------------------------------------------- */
+
+enum px_deadline { PX_DL_NONE = 0, PX_DL_CONNECT, PX_DL_LOGIN, PX_DL_IDLE,
+                   PX_DL_UPSTREAM, PX_DL_COUNT };
+
+static uint64_t next_deadline(const struct px_session *s,
+                              enum px_deadline *which)
+{
+  uint64_t dl = s->t_cli + s->cl->idle_timeout_ms;
+
+  *which = PX_DL_IDLE;
+  if (s->connecting && s->t_conn + s->cu->connect_timeout_ms < dl) {
+    dl = s->t_conn + s->cu->connect_timeout_ms;
+    *which = PX_DL_CONNECT;
+  }
+  if (!s->auth_ok && s->t_start + s->cl->login_timeout_ms < dl) {
+    dl = s->t_start + s->cl->login_timeout_ms;
+    *which = PX_DL_LOGIN;
+  }
+  /* The upstream owes an answer, and is not held back by a slow client. */
+  if (s->head_sent && !s->connecting && !s->up_paused && !s->sasl_wait &&
+      s->t_up + s->cu->timeout_ms < dl) {
+    dl = s->t_up + s->cu->timeout_ms;
+    *which = PX_DL_UPSTREAM;
+  }
+  return dl;
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+  struct px_session *s = t->data;
+  enum px_deadline which;
+  uint64_t dl, now = now_ms(s);
+
+  if (s->closing)
+    return;
+  dl = next_deadline(s, &which);
+  if (dl > now) {
+    arm_timer(s);                 /* activity moved the deadline on */
+    return;
+  }
+  switch (which) {
+  case PX_DL_CONNECT:
+    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
+           "server=%s err=\"timed out\"", s->id, s->up_str);
+    s->w->ctr.upstream_errors_total++;
+    if (s->up.open) {
+      s->up_retry = 1;
+      px_conn_close(&s->up);
+    }
+    /* A name lookup cannot be cut short: its callback moves on. */
+    s->t_conn = now;
+    arm_timer(s);
+    return;
+  case PX_DL_UPSTREAM:
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_timeout upstream=%s",
+           s->id, s->up_str);
+    upstream_failed(s, "upstream_timeout",
+                    "-ERR [SYS/TEMP] Upstream timed out, try again later\r\n");
+    break;
+  case PX_DL_LOGIN:
+  case PX_DL_IDLE:
+    if (s->draining) {
+      session_close(s, "client_timeout");
+      return;
+    }
+    if (!s->head_mid && !s->head_sent)
+      to_client_str(s, "-ERR Disconnected for inactivity\r\n");
+    finish(s, which == PX_DL_LOGIN ? "login_timeout" : "idle_timeout");
+    break;
+  case PX_DL_NONE:
+  case PX_DL_COUNT:
+    break;
+  }
+  if (!s->closing)
+    arm_timer(s);
+}
+
+static void arm_timer(struct px_session *s)
+{
+  enum px_deadline which;
+  uint64_t dl, now = now_ms(s);
+
+  if (s->closing)
+    return;
+  dl = next_deadline(s, &which);
+  uv_timer_start(&s->timer, timer_cb, dl > now ? dl - now : 0, 0);
+}
+
+/* ---- start and end ------------------------------------------------------ */
+
+static void session_close(struct px_session *s, const char *reason)
+{
+  struct px_worker *w = s->w;
+  double secs;
+
+  if (s->closing)
+    return;
+  s->closing = 1;
+  if (s->reason == NULL || strcmp(reason, "client_timeout") == 0)
+    s->reason = reason;
+  enter_state(s, PX_ST_CLOSING);
+
+  secs = (double)(now_ms(s) - s->t_start) / 1000.0;
+  px_log(PX_LOG_INFO,
+         "sid=%016" PRIx64 " ev=close listener=%s client=%s user=%s "
+         "auth=%s upstream=%s tls=- cmds=%u msgs=%u bytes_in=%" PRIu64
+         " bytes_out=%" PRIu64 " duration=%.3f reason=%s",
+         s->id, s->cl->name, s->peer_str, s->user[0] ? s->user : "-",
+         s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-", s->ncmds,
+         s->nmsgs, s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
+
+  w->ctr.bytes_client_in += s->cli.bytes_in;
+  w->ctr.bytes_client_out += s->cli.bytes_out;
+  w->ctr.bytes_upstream_in += s->up.bytes_in;
+  w->ctr.bytes_upstream_out += s->up.bytes_out;
+  w->ctr.connections_active--;
+  if (s->counted)
+    px_lrt_release(s->lrt, (const struct sockaddr *)&s->peer);
+
+  px_conn_close(&s->cli);
+  px_conn_close(&s->up);
+  uv_close((uv_handle_t *)&s->timer, timer_closed_cb);
+
+  px_cmdq_clear(&s->q);
+  px_framer_reset(&s->fr);
+  if (s->cin != NULL) {
+    OPENSSL_cleanse(s->cin, s->cinlen);
+    free(s->cin);
+    s->cin = NULL;
+  }
+  if (s->ai != NULL) {
+    uv_freeaddrinfo(s->ai);
+    s->ai = NULL;
+  }
+
+  if (s->prev != NULL)
+    s->prev->next = s->next;
+  else
+    w->sessions = s->next;
+  if (s->next != NULL)
+    s->next->prev = s->prev;
+  w->nsessions--;
+  px_worker_session_gone(w);
+  session_unref(&s);              /* the "alive" reference */
+}
+
+void px_session_abort(struct px_session *s, const char *reason)
+{
+  session_close(s, reason);
+}
+
+int px_session_accept(struct px_worker *w, struct px_lrt *l,
+                      uv_stream_t *server)
+{
+  struct px_session *s = calloc(1, sizeof *s);
+  int len = sizeof s->peer;
+  int rc;
+
+  if (s == NULL)
+    return UV_ENOMEM;
+  s->refs = 1;                    /* alive */
+  s->w = w;
+  s->lrt = l;
+  s->conf = px_runtime_conf(w->rt);
+  s->cl = &s->conf->listeners[l->idx];
+  s->cu = s->cl->upstream;
+  s->id = ((uint64_t)w->idx << 48) | ++w->next_sid;
+  s->st = PX_ST_CONNECTING;
+  px_cmdq_init(&s->q, PX_MAX_PIPELINED);
+
+  rc = px_conn_init(&s->cli, &w->loop, &client_ops, s, w->slab,
+                    sizeof w->slab);
+  if (rc < 0) {
+    session_unref(&s);
+    return rc;
+  }
+  rc = uv_accept(server, (uv_stream_t *)&s->cli.tcp);
+  if (rc < 0) {
+    /* Not yet listed or counted: just let the handle go. */
+    s->closing = 1;
+    px_conn_close(&s->cli);
+    session_unref(&s);
+    return rc;
+  }
+  uv_tcp_nodelay(&s->cli.tcp, 1);
+  uv_tcp_getpeername(&s->cli.tcp, (struct sockaddr *)&s->peer, &len);
+  format_addr((struct sockaddr *)&s->peer, s->peer_str, sizeof s->peer_str);
+
+  uv_timer_init(&w->loop, &s->timer);
+  s->timer.data = s;
+  session_ref(s);
+
+  s->next = w->sessions;
+  if (w->sessions != NULL)
+    w->sessions->prev = s;
+  w->sessions = s;
+  w->nsessions++;
+  w->ctr.connections_total++;
+  w->ctr.connections_active++;
+  s->t_start = s->t_cli = s->t_up = now_ms(s);
+
+  if (px_lrt_acquire(l, s->cl, (const struct sockaddr *)&s->peer) < 0) {
+    w->ctr.connections_refused++;
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=refused listener=%s "
+           "client=%s reason=max_clients", s->id, s->cl->name, s->peer_str);
+    to_client_str(s, "-ERR [SYS/TEMP] Too many connections, try again later\r\n");
+    finish(s, "max_clients");
+    return 0;
+  }
+  s->counted = 1;
+  px_log(PX_LOG_DEBUG, "sid=%016" PRIx64 " ev=connect listener=%s client=%s",
+         s->id, s->cl->name, s->peer_str);
+
+  if (px_cmdq_push(&s->q, PX_CQ_GREETING, NULL, 0) == NULL) {
+    session_close(s, "out_of_memory");
+    return 0;
+  }
+  update_reading(s);
+  up_connect_next(s);
+  arm_timer(s);
+  return 0;
+}

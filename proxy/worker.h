@@ -1,0 +1,105 @@
+/* worker.h - one event loop thread and everything it owns.
+ *
+ * Each worker runs its own uv_loop_t with its own SO_REUSEPORT socket per
+ * listener; the kernel spreads connections among them. Sessions never move
+ * between workers, so nothing on the hot path takes a lock. State shared by
+ * all workers (the configuration, per-listener client counts) lives in
+ * struct px_runtime and struct px_lrt.
+ */
+#ifndef PX_WORKER_H
+#define PX_WORKER_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "conf.h"
+#include "pop3.h"
+
+/* The size of one read; the worker's slab and scratch buffers. */
+#define PX_SLAB_SIZE (64 * 1024)
+
+struct px_session;
+struct px_iptab;
+
+/* Counters of one worker; summed over workers when read. Written only by
+ * the worker's thread; read by others without a lock (torn reads of a
+ * 64-bit counter do not happen on the platforms we build for). */
+struct px_counters {
+  uint64_t connections_total;
+  uint64_t connections_refused;
+  int64_t connections_active;
+  uint64_t commands_total[PX_CMD_COUNT];
+  uint64_t commands_rejected;
+  uint64_t bytes_client_in, bytes_client_out;
+  uint64_t bytes_upstream_in, bytes_upstream_out;
+  uint64_t upstream_errors_total;
+};
+
+/* A listener's state shared by all workers. Reloads keep listeners as
+ * they are (same names, same binds), so a listener is known by its index
+ * in every configuration generation. */
+struct px_lrt {
+  size_t idx;                     /* in px_conf.listeners */
+  char *name;
+  int *fds;                       /* one bound socket per worker */
+  pthread_mutex_t mu;             /* guards clients and ips */
+  unsigned clients;
+  struct px_iptab *ips;
+};
+
+struct px_runtime {
+  pthread_mutex_t mu;             /* guards conf (the pointer) */
+  struct px_conf *conf;           /* the current generation */
+  struct px_lrt *lrt;             /* conf->nlisteners of them */
+  struct px_worker *workers;
+  unsigned nworkers;
+};
+
+struct px_worker {
+  unsigned idx;
+  struct px_runtime *rt;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_async_t wake;                /* main -> worker: stop */
+  uv_timer_t stop_timer;          /* shutdown_timeout */
+  uv_tcp_t *lsn;                  /* one per listener */
+  size_t nlsn;                    /* how many of them are initialized */
+  int ended;                      /* wake and stop_timer are closing */
+  int stop_requested;             /* set by main before waking */
+  int stopping;
+  struct px_session *sessions;    /* open sessions, a list */
+  unsigned nsessions;
+  uint64_t next_sid;
+  struct px_counters ctr;
+  char slab[PX_SLAB_SIZE];        /* every read lands here */
+  char scratch[PX_SLAB_SIZE + 1]; /* unstuffed body bytes */
+};
+
+/* listener.c */
+int px_listener_bind_all(struct px_runtime *rt, char *err, size_t errlen);
+void px_listener_close_fds(struct px_runtime *rt);
+int px_listener_start(struct px_worker *w);
+void px_listener_stop(struct px_worker *w);
+/* Counts a new client of l from sa under cl's limits. Returns 0, or
+ * PX_ELIMIT when max_clients or max_clients_per_ip is reached (nothing
+ * counted then). Any thread. */
+int px_lrt_acquire(struct px_lrt *l, const struct px_conf_listener *cl,
+                   const struct sockaddr *sa);
+void px_lrt_release(struct px_lrt *l, const struct sockaddr *sa);
+
+struct px_iptab *px_iptab_new(void);
+void px_iptab_free(struct px_iptab **tp);
+
+/* The current configuration, with a reference the caller drops. */
+struct px_conf *px_runtime_conf(struct px_runtime *rt);
+
+/* worker.c */
+int px_worker_start(struct px_worker *w);
+/* Thread-safe: asks w to stop accepting and to end when its sessions have
+ * ended or shutdown_timeout has passed. */
+void px_worker_stop(struct px_worker *w);
+/* Called by session.c when a session has closed. */
+void px_worker_session_gone(struct px_worker *w);
+
+#endif
