@@ -5,6 +5,47 @@
 #include <string.h>
 #include <uv.h>
 
+/* Blocks freed on a thread are kept for reuse by that thread, up to this
+ * many: a relay in full flow then allocates nothing, and the allocator does
+ * not hand pages back and fault them in again for every write. */
+#define PX_BLK_CACHE 64
+
+static __thread struct px_blk *blk_cache;
+static __thread unsigned blk_cached;
+
+static struct px_blk *blk_alloc(void)
+{
+  struct px_blk *k = blk_cache;
+
+  if (k != NULL) {
+    blk_cache = k->next;
+    blk_cached--;
+    return k;
+  }
+  return malloc(sizeof *k);
+}
+
+static void blk_free(struct px_blk *k)
+{
+  if (blk_cached < PX_BLK_CACHE) {
+    k->next = blk_cache;
+    blk_cache = k;
+    blk_cached++;
+    return;
+  }
+  free(k);
+}
+
+void px_blk_cache_drain(void)
+{
+  while (blk_cache != NULL) {
+    struct px_blk *k = blk_cache;
+    blk_cache = k->next;
+    free(k);
+  }
+  blk_cached = 0;
+}
+
 void px_buf_init(struct px_buf *b)
 {
   b->head = b->tail = NULL;
@@ -13,7 +54,7 @@ void px_buf_init(struct px_buf *b)
 
 static struct px_blk *add_block(struct px_buf *b)
 {
-  struct px_blk *k = malloc(sizeof *k);
+  struct px_blk *k = blk_alloc();
 
   if (k == NULL)
     return NULL;
@@ -86,7 +127,7 @@ void px_blk_free_chain(struct px_blk *c)
 {
   while (c != NULL) {
     struct px_blk *next = c->next;
-    free(c);
+    blk_free(c);
     c = next;
   }
 }

@@ -47,4 +47,7 @@ void px_blk_free_chain(struct px_blk *c);
 /* Frees every queued block. */
 void px_buf_clear(struct px_buf *b);
 
+/* Frees the calling thread's cache of spare blocks (at thread exit). */
+void px_blk_cache_drain(void);
+
 #endif

@@ -92,5 +92,6 @@ void px_conf_unref(struct px_conf **cp);
 int px_conf_parse_duration(const char *s, uint64_t *ms); /* "30", "30s", "10m", "2h", "500ms" */
 int px_conf_parse_size(const char *s, uint64_t *bytes);  /* "512", "64K", "1M", "2G" */
 int px_conf_parse_hostport(const char *s, char **host, char **port);
+int px_conf_parse_bool(const char *s, int *b);            /* yes/no on/off true/false 1/0 */
 
 #endif

@@ -2,6 +2,9 @@
 #include "dot.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 const char *const px_dot_state_names[] = { "sol", "text", "cr", "dot",
                                            "dotcr", "done" };
@@ -129,6 +132,90 @@ size_t px_dot_encode(struct px_dot_enc *e, const char *in, size_t n,
     e->last[1] = (unsigned char)in[0];
   }
   e->bytes += i;
+  *outn = o;
+  return i;
+}
+
+static void enc_note(struct px_dot_enc *e, const char *p, size_t n)
+{
+  if (n >= 2) {
+    e->last[0] = (unsigned char)p[n - 2];
+    e->last[1] = (unsigned char)p[n - 1];
+  } else if (n == 1) {
+    e->last[0] = e->last[1];
+    e->last[1] = (unsigned char)p[0];
+  }
+  e->bytes += n;
+}
+
+/* The first LF in [p, end) that is followed by a ".", or NULL. Message
+ * bodies rarely have one, so this scan, not the line count, sets the
+ * relay's pace: 16 bytes a step where SSE2 is there. */
+static const char *find_lf_dot(const char *p, const char *end)
+{
+#ifdef __SSE2__
+  const __m128i lf = _mm_set1_epi8('\n'), dot = _mm_set1_epi8('.');
+  while (end - p >= 17) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
+    int m = _mm_movemask_epi8(
+      _mm_and_si128(_mm_cmpeq_epi8(a, lf), _mm_cmpeq_epi8(b, dot)));
+    if (m != 0)
+      return p + __builtin_ctz((unsigned)m);
+    p += 16;
+  }
+#endif
+  for (; end - p >= 2; p++)
+    if (p[0] == '\n' && p[1] == '.')
+      return p;
+  return NULL;
+}
+
+size_t px_dot_relay(struct px_dot *d, struct px_dot_enc *e, const char *in,
+                    size_t n, char *out, size_t cap, size_t *outn)
+{
+  size_t i = 0, o = 0;
+
+  while (i < n && d->st != PX_DOT_DONE) {
+    int line_start = d->st == PX_DOT_SOL || e->sol;
+    if (d->st != PX_DOT_DOT && d->st != PX_DOT_DOTCR &&
+        !(line_start && in[i] == '.')) {
+      /* No dot at a line start before the next "\n.": decoding and
+       * encoding are both the identity up to and including that LF. */
+      size_t avail = n - i < cap - o ? n - i : cap - o, run;
+      const char *hit;
+      char last, prev;
+      if (avail == 0)
+        break;
+      hit = find_lf_dot(in + i, in + i + avail);
+      run = hit != NULL ? (size_t)(hit - (in + i)) + 1 : avail;
+      memcpy(out + o, in + i, run);
+      last = in[i + run - 1];
+      prev = run >= 2 ? in[i + run - 2] : d->st == PX_DOT_CR ? '\r' : 0;
+      if (last == '\n') {
+        d->st = prev == '\r' ? PX_DOT_SOL : PX_DOT_TEXT;
+        e->sol = 1;
+      } else {
+        d->st = last == '\r' ? PX_DOT_CR : PX_DOT_TEXT;
+        e->sol = 0;
+      }
+      d->bytes += run;
+      enc_note(e, in + i, run);
+      i += run;
+      o += run;
+      continue;
+    }
+    if (cap - o < 4)
+      break;
+    {
+      /* Around a dot at a line start: the two codecs, a byte at a time. */
+      char tmp[2];
+      size_t tn, en, used = px_dot_decode(d, in + i, 1, tmp, &tn);
+      px_dot_encode(e, tmp, tn, out + o, cap - o, &en);
+      i += used;
+      o += en;
+    }
+  }
   *outn = o;
   return i;
 }

@@ -28,9 +28,11 @@ struct px_dot {
 void px_dot_init(struct px_dot *d);
 
 /* Unstuffs up to n bytes of a multi-line body (the bytes after the status
- * line's CRLF) into out, which must hold n + 1 bytes (a CR held back from
- * the previous call may come out with this call's bytes). Returns the bytes of in
- * consumed; *outn receives the bytes written to out. A line starts only
+ * line's CRLF) into out, which must hold n bytes. Returns the bytes of in
+ * consumed; *outn receives the bytes written to out. A CR held back from
+ * the previous call (".\r" at a line start) comes out with this call's
+ * bytes, so fewer than n may be consumed although the body goes on: call
+ * again with the rest. A line starts only
  * after CRLF: a "." that starts a line is removed when other octets follow
  * it, and ".\r\n" at the start of a line is the terminator; d->st becomes
  * PX_DOT_DONE right after it and the bytes that follow are left unconsumed.
@@ -58,6 +60,17 @@ void px_dot_enc_init(struct px_dot_enc *e);
  * progress; cap >= 2 * n consumes everything. */
 size_t px_dot_encode(struct px_dot_enc *e, const char *in, size_t n,
                      char *out, size_t cap, size_t *outn);
+
+/* Re-stuffs a multi-line body as it streams through: out receives exactly
+ * what px_dot_encode(e) would produce from what px_dot_decode(d) produces
+ * from in, but in one pass that copies whole lines (the relay path, where
+ * no filter needs the unstuffed message). Stops after the terminator (d
+ * becomes PX_DOT_DONE; the terminator itself is not copied: finish with
+ * px_dot_encode_end) or when out has fewer than 4 bytes left. Returns the
+ * bytes of in consumed; *outn receives the bytes written. cap >= 4
+ * guarantees progress. */
+size_t px_dot_relay(struct px_dot *d, struct px_dot_enc *e, const char *in,
+                    size_t n, char *out, size_t cap, size_t *outn);
 
 #define PX_DOT_END_MAX 5
 /* Writes the terminator into out (PX_DOT_END_MAX bytes): ".\r\n" when the

@@ -37,7 +37,10 @@ int px_pop3_line(const char *p, size_t n, size_t max, size_t *linelen)
     }
     s = lf + 1;
   }
-  return n >= max ? PX_ELINE : 0;
+  /* Without CRLF the line needs 2 more bytes, or 1 after a final CR. */
+  if (n >= max || (n + 1 == max && (n == 0 || p[n - 1] != '\r')))
+    return PX_ELINE;
+  return 0;
 }
 
 static int is_digits(const char *s, size_t n, size_t max)
@@ -50,12 +53,20 @@ static int is_digits(const char *s, size_t n, size_t max)
   return 1;
 }
 
+/* RFC 4648 base64: "=" only as padding at the end (at most two), and a
+ * padded token is a whole number of 4-byte groups. */
 static int is_base64(const char *s, size_t n)
 {
-  for (size_t i = 0; i < n; i++) {
+  size_t pad = 0;
+
+  while (pad < n && pad < 2 && s[n - 1 - pad] == '=')
+    pad++;
+  if (pad > 0 && n % 4 != 0)
+    return 0;
+  for (size_t i = 0; i < n - pad; i++) {
     unsigned char c = (unsigned char)s[i];
     if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-          (c >= '0' && c <= '9') || c == '+' || c == '/' || c == '='))
+          (c >= '0' && c <= '9') || c == '+' || c == '/'))
       return 0;
   }
   return 1;
@@ -137,7 +148,9 @@ static int check_args(struct px_cmd *c)
       return 0;
     if (!px_pop3_sasl_mech_ok(a0, l0))
       return PX_EBADARG;
-    if (c->nargs == 2 && !(l1 > 0 && is_base64(a1, l1)))
+    /* "=" is the empty initial response (RFC 5034 section 4). */
+    if (c->nargs == 2 && !(l1 == 1 && a1[0] == '=') &&
+        !(l1 > 0 && is_base64(a1, l1)))
       return PX_EBADARG;
     return 0;
   case PX_CMD_COUNT:
@@ -256,6 +269,7 @@ void px_framer_start(struct px_framer *f, enum px_shape shape, int lines,
   f->lines = lines;
   f->st = PX_FRS_STATUS;
   px_dot_init(&f->dot);
+  f->lbuf = NULL;
   f->llen = 0;
 }
 
@@ -409,4 +423,11 @@ ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n,
     break;
   }
   return 0;
+}
+
+size_t px_framer_relay(struct px_framer *f, struct px_dot_enc *e,
+                       const char *in, size_t n, char *out, size_t cap,
+                       size_t *outn)
+{
+  return px_dot_relay(&f->dot, e, in, n, out, cap, outn);
 }

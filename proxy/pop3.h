@@ -152,4 +152,18 @@ void px_framer_reset(struct px_framer *f);
 ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n,
                        char *out, size_t outcap, struct px_fr_out *o);
 
+/* The relay path: when f is in a byte-mode body (px_framer_in_body), the
+ * body can be re-stuffed straight into the caller's output instead of
+ * coming out as PX_FR_BODY events: consumes bytes of in[0..n) into
+ * out[0..cap) (cap >= 4) with px_dot_relay and returns the bytes consumed.
+ * The next px_framer_feed() reports PX_FR_END once the terminator is in. */
+size_t px_framer_relay(struct px_framer *f, struct px_dot_enc *e,
+                       const char *in, size_t n, char *out, size_t cap,
+                       size_t *outn);
+
+static inline int px_framer_in_body(const struct px_framer *f)
+{
+  return f->st == PX_FRS_BODY && !f->lines && f->dot.st != PX_DOT_DONE;
+}
+
 #endif

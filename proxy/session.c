@@ -46,6 +46,10 @@ _Static_assert(sizeof px_state_names / sizeof *px_state_names == PX_ST_COUNT,
 /* Commands read ahead of their answers. Past it the client is not read:
  * a client that pipelines without reading stalls itself, not the proxy. */
 #define PX_MAX_PIPELINED 64
+/* Commands sent upstream ahead of their answers, once the upstream has
+ * announced PIPELINING (RFC 2449 6.6); 1 until then. Answers that have
+ * arrived wait in the upstream's socket while the client is behind. */
+#define PX_UP_WINDOW 32
 /* Unparsed client bytes: one read, plus a pending line. */
 #define PX_CIN_CAP (PX_SLAB_SIZE + PX_SASL_MAX)
 #define PX_USER_LOG_MAX 64
@@ -68,7 +72,8 @@ struct px_session {
   unsigned connecting : 1;        /* an upstream connect is under way */
   unsigned up_retry : 1;          /* try the next address once up closes */
   unsigned up_ready : 1;          /* the greeting has been relayed */
-  unsigned head_sent : 1;         /* the head's command went upstream */
+  unsigned fr_on : 1;             /* the framer is on the head's answer */
+  unsigned pipelining : 1;        /* the upstream announced PIPELINING */
   unsigned head_mid : 1;          /* part of the head's answer was relayed */
   unsigned sasl : 1;              /* an AUTH exchange is queued or running */
   unsigned sasl_wait : 1;         /* the next client line is SASL data */
@@ -90,6 +95,7 @@ struct px_session {
   char *cin;                      /* unparsed client bytes, while any */
   size_t cinlen;
   unsigned errors;
+  unsigned inflight;              /* answers the upstream owes us */
 
   uint64_t t_start, t_cli, t_up, t_conn;
   struct sockaddr_storage peer;
@@ -252,7 +258,7 @@ static void upstream_failed(struct px_session *s, const char *reason,
   if (s->closing || s->draining)
     return;
   s->w->ctr.upstream_errors_total++;
-  if (!s->head_mid && (s->head_sent || s->connecting || !s->up_ready))
+  if (!s->head_mid && (s->inflight > 0 || s->connecting || !s->up_ready))
     to_client_str(s, client_msg);
   finish(s, reason);
 }
@@ -514,36 +520,52 @@ static const struct px_conn_ops client_ops = {
 
 /* ---- the upstream side -------------------------------------------------- */
 
-/* Sends the head of the queue on its way: local replies go to the client;
- * a relayed command goes upstream once the greeting is through and the
- * previous answer is complete. */
+/* Moves the queue on: local replies at the head go to the client, the
+ * framer is pointed at the head's answer once its command has gone
+ * upstream, and queued commands go upstream while the window allows (the
+ * greeting first). Called whenever the head may have changed. */
 static void dispatch(struct px_session *s)
 {
   struct px_cmdq_ent *e;
+  unsigned window = s->pipelining ? PX_UP_WINDOW : 1;
 
-  while (!s->closing && !s->draining && (e = px_cmdq_head(&s->q)) != NULL) {
-    if (e->kind == PX_CQ_LOCAL) {
-      int close_after = e->close_after;
-      to_client(s, e->line, e->len);
-      px_cmdq_pop(&s->q);
-      if (close_after) {
-        finish(s, "client_errors");
-        return;
-      }
-      continue;
-    }
-    if (e->kind == PX_CQ_GREETING || !s->up_ready || s->head_sent)
+  while (!s->closing && !s->draining && (e = px_cmdq_head(&s->q)) != NULL &&
+         e->kind == PX_CQ_LOCAL) {
+    int close_after = e->close_after;
+    to_client(s, e->line, e->len);
+    px_cmdq_pop(&s->q);
+    if (close_after) {
+      finish(s, "client_errors");
       return;
+    }
+  }
+  if (s->closing || s->draining || e == NULL)
+    return;
+  if (e->sent && !s->fr_on) {
+    px_framer_start(&s->fr, e->shape,
+                    e->kind == PX_CQ_RELAY && e->id == PX_CMD_CAPA,
+                    s->cu->max_response_line);
+    s->fr_on = 1;
+  }
+  if (!s->up_ready)
+    return;
+  for (; e != NULL && s->inflight < window; e = e->next) {
+    if (e->kind != PX_CQ_RELAY || e->sent)
+      continue;
     if (px_conn_write(&s->up, e->line, e->len) < 0) {
       session_close(s, "out_of_memory");
       return;
     }
-    s->head_sent = 1;
-    px_framer_start(&s->fr, e->shape, e->id == PX_CMD_CAPA,
-                    s->cu->max_response_line);
-    s->t_up = now_ms(s);
-    arm_timer(s);
-    return;
+    e->sent = 1;
+    if (s->inflight++ == 0) {
+      s->t_up = now_ms(s);
+      arm_timer(s);
+    }
+    if (e == px_cmdq_head(&s->q)) {
+      px_framer_start(&s->fr, e->shape, e->id == PX_CMD_CAPA,
+                      s->cu->max_response_line);
+      s->fr_on = 1;
+    }
   }
 }
 
@@ -557,8 +579,9 @@ static void complete_head(struct px_session *s)
     s->sasl_plain = 0;
   }
   px_framer_reset(&s->fr);
+  s->fr_on = 0;
+  s->inflight--;
   px_cmdq_pop(&s->q);
-  s->head_sent = 0;
   s->head_mid = 0;
   parse_client(s);
 }
@@ -580,6 +603,8 @@ static void capa_line(struct px_session *s, const char *p, size_t n)
     ;
   for (size_t i = 0; i < PX_ARRAY_LEN(keep); i++)
     if (strlen(keep[i]) == kw && strncasecmp(p, keep[i], kw) == 0) {
+      if (kw == 10 && strncasecmp(p, "PIPELINING", 10) == 0)
+        s->pipelining = 1;
       to_client(s, p, n);
       return;
     }
@@ -635,8 +660,9 @@ static void on_status(struct px_session *s, const struct px_fr_out *o)
 
   if (e->kind == PX_CQ_GREETING) {
     px_framer_reset(&s->fr);
+    s->fr_on = 0;
+    s->inflight--;
     px_cmdq_pop(&s->q);
-    s->head_sent = 0;
     if (!o->ok) {
       finish(s, "upstream_refused");
       return;
@@ -699,16 +725,36 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
 
   session_ref(s);
   while (left > 0 && !s->closing && !s->draining) {
-    struct px_cmdq_ent *e = px_cmdq_head(&s->q);
+    struct px_cmdq_ent *e;
     struct px_fr_out o;
     ssize_t used;
 
-    if (e == NULL || e->kind == PX_CQ_LOCAL || !s->head_sent) {
+    dispatch(s);
+    e = px_cmdq_head(&s->q);
+    if (s->closing || s->draining)
+      break;
+    if (e == NULL || !s->fr_on) {
       px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
              "upstream=%s err=\"unsolicited data\"", s->id, s->up_str);
       upstream_failed(s, "upstream_protocol",
                       "-ERR [SYS/TEMP] Upstream protocol error\r\n");
       break;
+    }
+    if (px_framer_in_body(&s->fr)) {
+      /* No filter wants the message: re-stuff it straight into the
+       * client's output, one pass. */
+      size_t avail, outn;
+      char *dst = px_buf_reserve(&s->cli.out, 4, &avail);
+      if (dst == NULL) {
+        session_close(s, "out_of_memory");
+        break;
+      }
+      used = (ssize_t)px_framer_relay(&s->fr, &s->enc, p, left, dst, avail,
+                                      &outn);
+      px_buf_commit(&s->cli.out, outn);
+      p += used;
+      left -= (size_t)used;
+      continue;
     }
     used = px_framer_feed(&s->fr, p, left, s->w->scratch,
                           sizeof s->w->scratch, &o);
@@ -766,7 +812,7 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
     }
   }
   /* A framer in the middle of a body may still be owed its END event. */
-  if (!s->closing && !s->draining && s->head_sent && s->fr.st == PX_FRS_BODY &&
+  if (!s->closing && !s->draining && s->fr_on && s->fr.st == PX_FRS_BODY &&
       s->fr.dot.st == PX_DOT_DONE) {
     struct px_fr_out o;
     char end[PX_DOT_END_MAX];
@@ -848,9 +894,10 @@ static void connect_cb(uv_connect_t *req, int status)
   }
   s->connecting = 0;
   uv_tcp_nodelay(&s->up.tcp, 1);
-  s->head_sent = 1;               /* the greeting is due */
-  px_framer_start(&s->fr, PX_SHAPE_SINGLE, 0, s->cu->max_response_line);
+  px_cmdq_head(&s->q)->sent = 1;  /* the greeting is due */
+  s->inflight = 1;
   s->t_up = now_ms(s);
+  dispatch(s);
   if (px_conn_read_start(&s->up) < 0)
     upstream_failed(s, "upstream_error",
                     "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
@@ -996,7 +1043,7 @@ static uint64_t next_deadline(const struct px_session *s,
     *which = PX_DL_LOGIN;
   }
   /* The upstream owes an answer, and is not held back by a slow client. */
-  if (s->head_sent && !s->connecting && !s->up_paused && !s->sasl_wait &&
+  if (s->inflight > 0 && !s->connecting && !s->up_paused && !s->sasl_wait &&
       s->t_up + s->cu->timeout_ms < dl) {
     dl = s->t_up + s->cu->timeout_ms;
     *which = PX_DL_UPSTREAM;
@@ -1042,7 +1089,7 @@ static void timer_cb(uv_timer_t *t)
       session_close(s, "client_timeout");
       return;
     }
-    if (!s->head_mid && !s->head_sent)
+    if (!s->head_mid && s->inflight == 0)
       to_client_str(s, "-ERR Disconnected for inactivity\r\n");
     finish(s, which == PX_DL_LOGIN ? "login_timeout" : "idle_timeout");
     break;

@@ -2,6 +2,7 @@
  * See worker.h. */
 #include <stdlib.h>
 
+#include "buf.h"
 #include "log.h"
 #include "session.h"
 #include "worker.h"
@@ -61,6 +62,7 @@ static void worker_main(void *arg)
   int rc;
 
   uv_run(&w->loop, UV_RUN_DEFAULT);
+  px_blk_cache_drain();
   rc = uv_loop_close(&w->loop);
   if (rc != 0)
     px_log(PX_LOG_ERROR, "ev=worker_exit worker=%u err=\"%s\"", w->idx,

@@ -17,7 +17,7 @@
 #include "pop3.h"
 
 /* The size of one read; the worker's slab and scratch buffers. */
-#define PX_SLAB_SIZE (64 * 1024)
+#define PX_SLAB_SIZE (256 * 1024)
 
 struct px_session;
 struct px_iptab;

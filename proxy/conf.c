@@ -1,0 +1,1841 @@
+/* conf.c - inih -> immutable struct px_conf.
+ *
+ * How a file is read. inih (Debian's r55: fixed 200-byte line buffer, no line
+ * numbers in callbacks, multi-line values on) drives the parse through
+ * ini_parse_stream() with our own reader, reader_cb(). The reader reads each
+ * physical line whole, counts lines, rejects a line longer than inih can hold
+ * (instead of letting inih cut it), and classifies the line exactly as inih
+ * will: comment, section header, "key = value", continuation (an indented
+ * line after a key) or error. inih then calls handler_cb() for key and
+ * continuation lines, so the handler always knows the current line number
+ * and whether it is looking at a new key or at more of the previous value.
+ *
+ * A value is collected (key line plus its continuation lines, joined with
+ * single spaces) and parsed when the next key, section or the end of the file
+ * shows that it is complete. Parsing is table-driven: one row of keys[] per
+ * key gives its section kind, its parser, the offset of the field it fills
+ * and its limits. After the last line, finish() checks what only the whole
+ * file can tell: required keys, references between sections, duplicates.
+ *
+ * Every problem becomes one "FILE:LINE: message" line; parsing goes on after
+ * an error so that one run reports all of them (up to PX_CONF_MAX_ERRORS).
+ */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include "conf.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* The largest file read. Far more than any real configuration; stops
+ * "-c /dev/zero" from reading forever. */
+#define PX_CONF_MAX_FILE (1 << 20)
+
+/* Errors kept and printed; the rest are only counted. A file with more is
+ * not worth reading further, and err[] has a fixed size anyway. */
+#define PX_CONF_MAX_ERRORS 20
+
+/* One value, key line plus continuation lines. Without a bound a file of
+ * continuation lines could grow it to any size. */
+#define PX_CONF_MAX_VALUE 4096
+
+/* NAME in [listener:NAME] and [upstream:NAME]; it appears in every log
+ * line of a session, so keep it short. */
+#define PX_CONF_MAX_NAME 64
+
+/* Longest error message, without "FILE:LINE: ". */
+#define PX_CONF_ERR_MSG 320
+
+/* How much of a user's value an error message quotes. */
+#define PX_CONF_SHOW 80
+
+#define PX_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define PX_UNUSED __attribute__((unused))
+
+#define FIELD(base, off, type) ((type *)(void *)((char *)(base) + (off)))
+
+#define MS_S UINT64_C(1000)
+#define MS_M (60 * MS_S)
+#define MS_H (60 * MS_M)
+
+const char *const px_tls_mode_names[] = { "off", "starttls", "implicit" };
+_Static_assert(sizeof px_tls_mode_names / sizeof *px_tls_mode_names ==
+                 PX_TLS_COUNT,
+               "px_tls_mode_names out of sync");
+
+const char *const px_log_level_names[] = { "error", "warn", "info", "debug" };
+_Static_assert(sizeof px_log_level_names / sizeof *px_log_level_names ==
+                 PX_LOG_COUNT,
+               "px_log_level_names out of sync");
+
+/* The kinds of section. SEC_NONE: before the first header. SEC_SKIP: after a
+ * header that was itself an error; its keys are ignored without further
+ * messages, which would only repeat the first one. */
+enum sec_kind { SEC_NONE = 0, SEC_MAIN, SEC_LISTENER, SEC_UPSTREAM, SEC_SKIP,
+                SEC_COUNT };
+static const char *const sec_kind_names[] = { "", "popgate", "listener",
+                                              "upstream", "" };
+_Static_assert(sizeof sec_kind_names / sizeof *sec_kind_names == SEC_COUNT,
+               "sec_kind_names out of sync");
+
+struct loader;
+struct key_def;
+
+/* Parses a complete, trimmed, non-empty value into the field of base that
+ * k names. Reports problems itself through bad(); returns 0 or -EINVAL
+ * (-ENOMEM after setting L->oom). */
+typedef int (*parse_fn)(struct loader *L, const struct key_def *k,
+                        const char *v, void *base);
+
+enum {
+  KEY_REPEATABLE = 1 << 0, /* each non-indented occurrence adds a value */
+  KEY_REQUIRED = 1 << 1,   /* the section is incomplete without it */
+  KEY_IP_ONLY = 1 << 2,    /* host:port whose host must be an IP literal */
+  KEY_EMPTY_OK = 1 << 3,   /* "key =" is a valid, empty value */
+};
+
+struct key_def {
+  const char *name;
+  enum sec_kind sec;
+  parse_fn parse;       /* NULL: documented, not implemented by this build */
+  size_t off;           /* the field in struct px_conf, _listener, _upstream */
+  size_t off_n;         /* KEY_REPEATABLE lists: the field holding the count */
+  unsigned flags;
+  uint64_t min, max;    /* numbers, sizes (bytes), durations (ms) */
+  const char *min_why;  /* replaces "out of range" below min */
+};
+
+static int p_workers(struct loader *, const struct key_def *, const char *,
+                     void *);
+static int p_user(struct loader *, const struct key_def *, const char *,
+                  void *);
+static int p_log(struct loader *, const struct key_def *, const char *,
+                 void *);
+static int p_log_level(struct loader *, const struct key_def *, const char *,
+                       void *);
+static int p_duration(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_uint(struct loader *, const struct key_def *, const char *,
+                  void *);
+static int p_size(struct loader *, const struct key_def *, const char *,
+                  void *);
+static int p_tls(struct loader *, const struct key_def *, const char *,
+                 void *);
+static int p_hostport(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_hostport_list(struct loader *, const struct key_def *,
+                           const char *, void *);
+static int p_ref(struct loader *, const struct key_def *, const char *,
+                 void *);
+
+#define M(f) offsetof(struct px_conf, f)
+#define L_(f) offsetof(struct px_conf_listener, f)
+#define U(f) offsetof(struct px_conf_upstream, f)
+
+/* Every key popgate knows. A new key is one row here (and one field in
+ * conf.h); popgate.ini documents each row. Rows without a parser are keys
+ * DESIGN.md promises and this build does not implement yet: they get "not
+ * supported yet" instead of "unknown key". */
+static const struct key_def keys[] = {
+  { "workers", SEC_MAIN, p_workers, M(workers), 0, 0, 1, 256, NULL },
+  { "user", SEC_MAIN, p_user, M(user), 0, 0, 0, 0, NULL },
+  { "log", SEC_MAIN, p_log, 0, 0, 0, 0, 0, NULL },
+  { "log_level", SEC_MAIN, p_log_level, M(log_level), 0, 0, 0, 0, NULL },
+  { "shutdown_timeout", SEC_MAIN, p_duration, M(shutdown_timeout_ms), 0, 0,
+    0, 24 * MS_H, NULL },
+  { "metrics", SEC_MAIN, p_hostport, M(metrics), 0, KEY_IP_ONLY, 0, 0,
+    NULL },
+  { "spool_dir", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
+  { "memory_per_message", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
+  { "max_message_size", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
+  { "memory_budget", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
+  { "scan_threads", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
+
+  { "bind", SEC_LISTENER, p_hostport, L_(bind), 0,
+    KEY_REQUIRED | KEY_IP_ONLY, 0, 0, NULL },
+  { "tls", SEC_LISTENER, p_tls, L_(tls), 0, 0, 0, 0, NULL },
+  { "upstream", SEC_LISTENER, p_ref, L_(upstream_name), 0, KEY_REQUIRED, 0,
+    0, NULL },
+  { "max_clients", SEC_LISTENER, p_uint, L_(max_clients), 0, 0, 1, 1000000,
+    NULL },
+  { "max_clients_per_ip", SEC_LISTENER, p_uint, L_(max_clients_per_ip), 0, 0,
+    0, 1000000, NULL },
+  { "idle_timeout", SEC_LISTENER, p_duration, L_(idle_timeout_ms), 0, 0,
+    10 * MS_M, 24 * MS_H,
+    "RFC 1939 section 3 requires an autologout timer of at least 10 "
+    "minutes" },
+  { "login_timeout", SEC_LISTENER, p_duration, L_(login_timeout_ms), 0, 0,
+    MS_S, 24 * MS_H, NULL },
+  { "max_errors", SEC_LISTENER, p_uint, L_(max_errors), 0, 0, 1, 1000,
+    NULL },
+  { "cert", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "key", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "tls_min_version", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "ciphers", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "require_tls", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "filters", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "proxy_protocol", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "proxy_from", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "handshake_timeout", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+
+  { "server", SEC_UPSTREAM, p_hostport_list, U(servers), U(nservers),
+    KEY_REPEATABLE | KEY_REQUIRED, 0, 0, NULL },
+  { "tls", SEC_UPSTREAM, p_tls, U(tls), 0, 0, 0, 0, NULL },
+  { "connect_timeout", SEC_UPSTREAM, p_duration, U(connect_timeout_ms), 0, 0,
+    100, MS_H, NULL },
+  { "timeout", SEC_UPSTREAM, p_duration, U(timeout_ms), 0, 0, MS_S,
+    24 * MS_H, NULL },
+  { "max_response_line", SEC_UPSTREAM, p_size, U(max_response_line), 0, 0,
+    512, 65536, NULL },
+  { "verify", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+  { "ca_file", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+  { "server_name", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+  { "proxy_protocol", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+  { "xclient", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+};
+
+#undef M
+#undef L_
+#undef U
+
+enum { NKEYS = sizeof keys / sizeof keys[0] };
+
+/* What the reader decided about the line it last handed to inih. */
+enum line_class { CLS_NONE = 0, CLS_KEY, CLS_CONT, CLS_DONE };
+
+/* Bookkeeping for one section instance. */
+struct sec_info {
+  int line;                       /* line of its [header] */
+  int seen[NKEYS];                /* line of each key's first occurrence */
+};
+
+/* The value being collected: a key line and its continuation lines. */
+struct pending {
+  int active;
+  const struct key_def *k;        /* NULL: collected, then thrown away */
+  int line;                       /* the key's line */
+  int last;                       /* its last continuation line */
+  char *val;
+  size_t len, cap;
+};
+
+struct err_rec {
+  int line;                       /* 0: about the whole file */
+  int seq;
+  char msg[PX_CONF_ERR_MSG];
+};
+
+struct loader {
+  const char *name;               /* the file, as messages name it */
+
+  /* Input: fp, or text[0..textlen). push[] holds bytes read ahead. */
+  FILE *fp;
+  const char *text;
+  size_t textlen, pos;
+  unsigned char push[3];
+  int npush;
+  int read_errno;                 /* EFBIG: more than PX_CONF_MAX_FILE */
+  size_t nread;
+
+  int lineno;
+  int have_prev;                  /* inih's prev_name is not empty */
+  enum line_class cls;
+  const char *buf;                /* inih's line buffer, and its size */
+  size_t bufsize;
+
+  /* The current section. A duplicate section is parsed into the scratch_*
+   * structs (so its values are still checked) and then thrown away. */
+  enum sec_kind kind;
+  size_t idx;
+  int scratch;
+  struct sec_info *info;
+
+  struct pending pend;
+
+  struct px_conf *c;
+  struct sec_info main_info;
+  struct sec_info *linfo, *uinfo; /* parallel to c->listeners, c->upstreams */
+  size_t lcap, ucap;
+
+  struct px_conf scratch_main;
+  struct px_conf_listener scratch_l;
+  struct px_conf_upstream scratch_u;
+  struct sec_info scratch_info;
+
+  struct err_rec errs[PX_CONF_MAX_ERRORS];
+  int nerrs, nmore;
+  int oom;
+};
+
+/* strerror() may use a static buffer; strerror_r() comes in an XSI (int)
+ * and a GNU (char *) flavour depending on feature macros set by the build.
+ * These two adapters make either one usable. */
+static PX_UNUSED const char *strerror_gnu(char *r, char *buf)
+{
+  (void)buf;
+  return r;
+}
+
+static PX_UNUSED const char *strerror_xsi(int r, char *buf)
+{
+  return r == 0 ? buf : "unknown error";
+}
+
+#define ERRSTR(e, buf)                                                     \
+  _Generic(strerror_r((e), (buf), sizeof(buf)), char *: strerror_gnu,      \
+           default: strerror_xsi)(strerror_r((e), (buf), sizeof(buf)), (buf))
+
+/* Copies s into buf for an error message: control bytes become '?', and a
+ * long value is cut with "...". */
+static const char *show(char buf[static PX_CONF_SHOW + 4], const char *s)
+{
+  size_t i;
+
+  for (i = 0; s[i] != '\0' && i < PX_CONF_SHOW; i++)
+    buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+  if (s[i] != '\0') {
+    memcpy(buf + i, "...", 3);
+    i += 3;
+  }
+  buf[i] = '\0';
+  return buf;
+}
+
+static PX_PRINTF(3, 4) void errorf(struct loader *L, int line,
+                                   const char *fmt, ...)
+{
+  struct err_rec *e;
+  va_list ap;
+
+  if (L->nerrs == PX_CONF_MAX_ERRORS) {
+    L->nmore++;
+    return;
+  }
+  e = &L->errs[L->nerrs];
+  e->line = line;
+  e->seq = L->nerrs;
+  va_start(ap, fmt);
+  vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+  va_end(ap);
+  L->nerrs++;
+}
+
+/* A "#" after whitespace in a value looks like an inline comment, which
+ * inih does not know (it only knows ";"). */
+static int has_hash_comment(const char *v)
+{
+  size_t i;
+
+  for (i = 1; v[i] != '\0'; i++)
+    if (v[i] == '#' && isspace((unsigned char)v[i - 1]))
+      return 1;
+  return 0;
+}
+
+/* Reports a bad value of the pending key, at the key's line. */
+static PX_PRINTF(2, 3) void bad(struct loader *L, const char *fmt, ...)
+{
+  char msg[PX_CONF_ERR_MSG];
+  char joined[96] = "";
+  const char *hint = "";
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (L->pend.last > L->pend.line)
+    snprintf(joined, sizeof joined, " (lines %d-%d joined: an indented "
+             "line continues the value above it)", L->pend.line,
+             L->pend.last);
+  if (L->pend.val != NULL && L->pend.len > 0 &&
+      has_hash_comment(L->pend.val))
+    hint = " (inline comments start with \";\" after a space, not \"#\")";
+  errorf(L, L->pend.line, "%s%s%s", msg, joined, hint);
+}
+
+static void oom(struct loader *L)
+{
+  L->oom = 1;
+}
+
+static char *xstrdup(struct loader *L, const char *s)
+{
+  char *p = strdup(s);
+
+  if (p == NULL)
+    oom(L);
+  return p;
+}
+
+/* Section names and references: [A-Za-z0-9_.-]{1,64}. */
+static int is_name(const char *s)
+{
+  size_t n = strlen(s);
+
+  if (n == 0 || n > PX_CONF_MAX_NAME)
+    return 0;
+  return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                   "0123456789_.-") == n;
+}
+
+/* Strictly decimal, no sign, no spaces, at least one digit. */
+static int parse_u64(const char *s, uint64_t *out, const char **end)
+{
+  uint64_t n = 0;
+  const char *p = s;
+
+  if (!isdigit((unsigned char)*p))
+    return -EINVAL;
+  for (; isdigit((unsigned char)*p); p++) {
+    unsigned d = (unsigned)(*p - '0');
+    if (n > (UINT64_MAX - d) / 10)
+      return -EINVAL;
+    n = n * 10 + d;
+  }
+  *out = n;
+  if (end != NULL)
+    *end = p;
+  else if (*p != '\0')
+    return -EINVAL;
+  return 0;
+}
+
+int px_conf_parse_duration(const char *s, uint64_t *ms)
+{
+  static const struct { const char *unit; uint64_t ms; } units[] = {
+    { "", MS_S }, { "ms", 1 }, { "s", MS_S }, { "m", MS_M }, { "h", MS_H },
+  };
+  const char *end;
+  uint64_t n;
+  size_t i;
+
+  if (s == NULL || parse_u64(s, &n, &end) != 0)
+    return -EINVAL;
+  for (i = 0; i < sizeof units / sizeof *units; i++) {
+    if (strcmp(end, units[i].unit) != 0)
+      continue;
+    if (n > UINT64_MAX / units[i].ms)
+      return -EINVAL;
+    *ms = n * units[i].ms;
+    return 0;
+  }
+  return -EINVAL;
+}
+
+int px_conf_parse_size(const char *s, uint64_t *bytes)
+{
+  const char *end;
+  uint64_t n, mult;
+
+  if (s == NULL || parse_u64(s, &n, &end) != 0)
+    return -EINVAL;
+  if (end[0] == '\0')
+    mult = 1;
+  else if (end[1] != '\0')
+    return -EINVAL;
+  else if (end[0] == 'K' || end[0] == 'k')
+    mult = UINT64_C(1) << 10;
+  else if (end[0] == 'M' || end[0] == 'm')
+    mult = UINT64_C(1) << 20;
+  else if (end[0] == 'G' || end[0] == 'g')
+    mult = UINT64_C(1) << 30;
+  else
+    return -EINVAL;
+  if (n > UINT64_MAX / mult)
+    return -EINVAL;
+  *bytes = n * mult;
+  return 0;
+}
+
+int px_conf_parse_bool(const char *s, int *b)
+{
+  static const char *const yes[] = { "yes", "on", "true", "1" };
+  static const char *const no[] = { "no", "off", "false", "0" };
+  size_t i;
+
+  if (s == NULL)
+    return -EINVAL;
+  for (i = 0; i < sizeof yes / sizeof *yes; i++) {
+    if (strcasecmp(s, yes[i]) == 0) {
+      *b = 1;
+      return 0;
+    }
+    if (strcasecmp(s, no[i]) == 0) {
+      *b = 0;
+      return 0;
+    }
+  }
+  return -EINVAL;
+}
+
+static int is_ip(const char *host)
+{
+  unsigned char a[16];
+
+  return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+/* The host part of host:port without brackets: a DNS name or an IPv4
+ * address. Something made only of digits and dots must be a valid IPv4
+ * address, or "1.2.3.999" would be looked up as a name at connect time. */
+static int is_host(const char *h)
+{
+  unsigned char a[4];
+  size_t n = strlen(h);
+
+  if (n == 0 || n > 253 || h[0] == '.' || h[0] == '-')
+    return 0;
+  if (strspn(h, "0123456789.") == n)
+    return inet_pton(AF_INET, h, a) == 1;
+  return strspn(h, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                   "0123456789.-_") == n;
+}
+
+/* Splits "host:port" or "[v6]:port". On success returns 0 with *host and
+ * *port malloc'ed (host without brackets, port in canonical decimal). On
+ * failure returns -EINVAL with *why saying what is wrong, or -ENOMEM. */
+static int split_hostport(const char *s, char **host, char **port,
+                          const char **why)
+{
+  char hbuf[256];
+  char pbuf[8];
+  const char *h, *p, *colon;
+  size_t hlen;
+  uint64_t n;
+
+  *host = *port = NULL;
+  if (strpbrk(s, " \t") != NULL) {
+    *why = "unexpected space";
+    return -EINVAL;
+  }
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    unsigned char a[16];
+    if (close == NULL) {
+      *why = "missing \"]\" after the IPv6 address";
+      return -EINVAL;
+    }
+    h = s + 1;
+    hlen = (size_t)(close - h);
+    if (close[1] != ':') {
+      *why = "missing \":PORT\" after \"]\"";
+      return -EINVAL;
+    }
+    p = close + 2;
+    if (hlen == 0 || hlen >= sizeof hbuf) {
+      *why = "bad IPv6 address in brackets";
+      return -EINVAL;
+    }
+    memcpy(hbuf, h, hlen);
+    hbuf[hlen] = '\0';
+    if (inet_pton(AF_INET6, hbuf, a) != 1) {
+      *why = "bad IPv6 address in brackets";
+      return -EINVAL;
+    }
+  } else {
+    colon = strrchr(s, ':');
+    if (colon == NULL) {
+      *why = "missing \":PORT\"";
+      return -EINVAL;
+    }
+    h = s;
+    hlen = (size_t)(colon - h);
+    p = colon + 1;
+    if (hlen == 0) {
+      *why = "missing host before \":\"";
+      return -EINVAL;
+    }
+    if (memchr(h, ':', hlen) != NULL) {
+      *why = "an IPv6 address needs brackets, as in [::1]:110";
+      return -EINVAL;
+    }
+    if (hlen == 1 && h[0] == '*') {
+      *why = "\"*\" is not supported: use 0.0.0.0 or [::]";
+      return -EINVAL;
+    }
+    if (hlen >= sizeof hbuf) {
+      *why = "bad host name";
+      return -EINVAL;
+    }
+    memcpy(hbuf, h, hlen);
+    hbuf[hlen] = '\0';
+    if (!is_host(hbuf)) {
+      *why = "bad host name";
+      return -EINVAL;
+    }
+  }
+  if (parse_u64(p, &n, NULL) != 0 || n < 1 || n > 65535) {
+    *why = "the port must be a number from 1 to 65535";
+    return -EINVAL;
+  }
+  snprintf(pbuf, sizeof pbuf, "%u", (unsigned)n);
+  *host = strdup(hbuf);
+  *port = strdup(pbuf);
+  if (*host == NULL || *port == NULL) {
+    free(*host);
+    free(*port);
+    *host = *port = NULL;
+    return -ENOMEM;
+  }
+  return 0;
+}
+
+int px_conf_parse_hostport(const char *s, char **host, char **port)
+{
+  const char *why;
+
+  if (s == NULL || host == NULL || port == NULL)
+    return -EINVAL;
+  return split_hostport(s, host, port, &why);
+}
+
+static void hostport_free(struct px_conf_hostport *hp)
+{
+  free(hp->host);
+  free(hp->port);
+  hp->host = hp->port = NULL;
+}
+
+/* Formats hp for a message: brackets around an IPv6 host. */
+static const char *hostport_str(char *buf, size_t n,
+                                const struct px_conf_hostport *hp)
+{
+  if (strchr(hp->host, ':') != NULL)
+    snprintf(buf, n, "[%s]:%s", hp->host, hp->port);
+  else
+    snprintf(buf, n, "%s:%s", hp->host, hp->port);
+  return buf;
+}
+
+/* The same port on the same address (compared as addresses when both
+ * are IP literals, so "::1" equals "0:0::1"). */
+static int same_hostport(const struct px_conf_hostport *a,
+                         const struct px_conf_hostport *b)
+{
+  unsigned char x[16], y[16];
+
+  if (strcmp(a->port, b->port) != 0)
+    return 0;
+  if (inet_pton(AF_INET, a->host, x) == 1 &&
+      inet_pton(AF_INET, b->host, y) == 1)
+    return memcmp(x, y, 4) == 0;
+  if (inet_pton(AF_INET6, a->host, x) == 1 &&
+      inet_pton(AF_INET6, b->host, y) == 1)
+    return memcmp(x, y, 16) == 0;
+  return strcasecmp(a->host, b->host) == 0;
+}
+
+/* Durations and sizes as a user would write them, for range messages. */
+static const char *duration_str(char *buf, size_t n, uint64_t ms)
+{
+  if (ms != 0 && ms % MS_H == 0)
+    snprintf(buf, n, "%" PRIu64 "h", ms / MS_H);
+  else if (ms != 0 && ms % MS_M == 0)
+    snprintf(buf, n, "%" PRIu64 "m", ms / MS_M);
+  else if (ms % MS_S == 0)
+    snprintf(buf, n, "%" PRIu64 "s", ms / MS_S);
+  else
+    snprintf(buf, n, "%" PRIu64 "ms", ms);
+  return buf;
+}
+
+static const char *size_str(char *buf, size_t n, uint64_t b)
+{
+  if (b != 0 && b % (UINT64_C(1) << 30) == 0)
+    snprintf(buf, n, "%" PRIu64 "G", b >> 30);
+  else if (b != 0 && b % (UINT64_C(1) << 20) == 0)
+    snprintf(buf, n, "%" PRIu64 "M", b >> 20);
+  else if (b != 0 && b % (UINT64_C(1) << 10) == 0)
+    snprintf(buf, n, "%" PRIu64 "K", b >> 10);
+  else
+    snprintf(buf, n, "%" PRIu64, b);
+  return buf;
+}
+
+/* ---- value parsers (one per field type; see keys[]) ---- */
+
+static int p_workers(struct loader *L, const struct key_def *k,
+                     const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  uint64_t n;
+
+  if (strcasecmp(v, "auto") == 0) {
+    *FIELD(base, k->off, unsigned) = 0; /* resolved in finish() */
+    return 0;
+  }
+  if (parse_u64(v, &n, NULL) != 0) {
+    bad(L, "bad value \"%s\" for %s (use auto or a number from %" PRIu64
+           " to %" PRIu64 ")", show(q, v), k->name, k->min, k->max);
+    return -EINVAL;
+  }
+  if (n < k->min || n > k->max) {
+    bad(L, "%s = %s is out of range (use auto or %" PRIu64 "..%" PRIu64 ")",
+        k->name, show(q, v), k->min, k->max);
+    return -EINVAL;
+  }
+  *FIELD(base, k->off, unsigned) = (unsigned)n;
+  return 0;
+}
+
+static int p_uint(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  uint64_t n;
+
+  if (parse_u64(v, &n, NULL) != 0) {
+    bad(L, "bad number \"%s\" for %s (use a whole number from %" PRIu64
+           " to %" PRIu64 ")", show(q, v), k->name, k->min, k->max);
+    return -EINVAL;
+  }
+  if (n < k->min || n > k->max) {
+    bad(L, "%s = %s is out of range (%" PRIu64 "..%" PRIu64 ")", k->name,
+        show(q, v), k->min, k->max);
+    return -EINVAL;
+  }
+  *FIELD(base, k->off, unsigned) = (unsigned)n;
+  return 0;
+}
+
+static int p_duration(struct loader *L, const struct key_def *k,
+                      const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4], lo[32], hi[32];
+  uint64_t ms;
+
+  if (px_conf_parse_duration(v, &ms) != 0) {
+    bad(L, "bad duration \"%s\" for %s (use e.g. 30s, 10m, 1h)", show(q, v),
+        k->name);
+    return -EINVAL;
+  }
+  if (ms < k->min && k->min_why != NULL) {
+    bad(L, "%s = %s is below %s: %s", k->name, show(q, v),
+        duration_str(lo, sizeof lo, k->min), k->min_why);
+    return -EINVAL;
+  }
+  if (ms < k->min || ms > k->max) {
+    bad(L, "%s = %s is out of range (%s..%s)", k->name, show(q, v),
+        duration_str(lo, sizeof lo, k->min),
+        duration_str(hi, sizeof hi, k->max));
+    return -EINVAL;
+  }
+  *FIELD(base, k->off, uint64_t) = ms;
+  return 0;
+}
+
+static int p_size(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
+{
+  char q[PX_CONF_SHOW + 4], lo[32], hi[32];
+  uint64_t n;
+
+  if (px_conf_parse_size(v, &n) != 0) {
+    bad(L, "bad size \"%s\" for %s (use e.g. 512, 64K, 1M)", show(q, v),
+        k->name);
+    return -EINVAL;
+  }
+  if (n < k->min || n > k->max) {
+    bad(L, "%s = %s is out of range (%s..%s)", k->name, show(q, v),
+        size_str(lo, sizeof lo, k->min), size_str(hi, sizeof hi, k->max));
+    return -EINVAL;
+  }
+  *FIELD(base, k->off, size_t) = (size_t)n;
+  return 0;
+}
+
+/* For boolean keys to come (require_tls, verify, xclient). */
+static PX_UNUSED int p_bool(struct loader *L, const struct key_def *k,
+                            const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  int b;
+
+  if (px_conf_parse_bool(v, &b) != 0) {
+    bad(L, "bad value \"%s\" for %s (use yes or no)", show(q, v), k->name);
+    return -EINVAL;
+  }
+  *FIELD(base, k->off, int) = b;
+  return 0;
+}
+
+static int p_tls(struct loader *L, const struct key_def *k, const char *v,
+                 void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  int i;
+
+  for (i = 0; i < PX_TLS_COUNT; i++)
+    if (strcasecmp(v, px_tls_mode_names[i]) == 0)
+      break;
+  if (i == PX_TLS_COUNT) {
+    bad(L, "bad value \"%s\" for %s (use off, starttls or implicit)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  if (i != PX_TLS_OFF) {
+    bad(L, "%s = %s: not supported yet by this build (only off)", k->name,
+        px_tls_mode_names[i]);
+    return -EINVAL;
+  }
+  *FIELD(base, k->off, enum px_tls_mode) = (enum px_tls_mode)i;
+  return 0;
+}
+
+static int p_log_level(struct loader *L, const struct key_def *k,
+                       const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  int i;
+
+  for (i = 0; i < PX_LOG_COUNT; i++) {
+    if (strcasecmp(v, px_log_level_names[i]) == 0) {
+      *FIELD(base, k->off, enum px_log_level) = (enum px_log_level)i;
+      return 0;
+    }
+  }
+  bad(L, "bad value \"%s\" for %s (use error, warn, info or debug)",
+      show(q, v), k->name);
+  return -EINVAL;
+}
+
+static int has_ctl(const char *s)
+{
+  for (; *s != '\0'; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      return 1;
+  return 0;
+}
+
+/* log = stderr | syslog | /absolute/path. Fills two fields, so it works on
+ * struct px_conf itself rather than on one offset. */
+static int p_log(struct loader *L, const struct key_def *k, const char *v,
+                 void *base)
+{
+  struct px_conf *c = base;
+  char q[PX_CONF_SHOW + 4];
+  char *path = NULL;
+  enum px_log_target t;
+
+  if (strcasecmp(v, "stderr") == 0) {
+    t = PX_LOGT_STDERR;
+  } else if (strcasecmp(v, "syslog") == 0) {
+    t = PX_LOGT_SYSLOG;
+  } else if (v[0] == '/' && v[strlen(v) - 1] != '/' && !has_ctl(v)) {
+    t = PX_LOGT_FILE;
+    if ((path = xstrdup(L, v)) == NULL)
+      return -ENOMEM;
+  } else {
+    bad(L, "bad value \"%s\" for %s (use stderr, syslog or an absolute file "
+           "path)", show(q, v), k->name);
+    return -EINVAL;
+  }
+  free(c->log_path);
+  c->log_path = path;
+  c->log_target = t;
+  return 0;
+}
+
+/* The form of a user name only (up to 32 of A-Z a-z 0-9 _ . -, no leading
+ * "-"; digits alone pass, as a uid): whoever drops privileges looks the
+ * user up. */
+static int p_user(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **dst = FIELD(base, k->off, char *);
+  char *s;
+
+  if (v[0] == '-' || strlen(v) > 32 || !is_name(v)) {
+    bad(L, "bad value \"%s\" for %s (use a user name such as popgate)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+/* Parses v into hp (reporting problems itself): 0, -EINVAL or -ENOMEM. */
+static int hostport_value(struct loader *L, const struct key_def *k,
+                          const char *v, struct px_conf_hostport *hp)
+{
+  char q[PX_CONF_SHOW + 4];
+  const char *why = NULL;
+  int rc;
+
+  rc = split_hostport(v, &hp->host, &hp->port, &why);
+  if (rc == -ENOMEM) {
+    oom(L);
+    return rc;
+  }
+  if (rc != 0) {
+    bad(L, "bad address \"%s\" for %s: %s", show(q, v), k->name, why);
+    return rc;
+  }
+  if ((k->flags & KEY_IP_ONLY) && !is_ip(hp->host)) {
+    bad(L, "bad address \"%s\" for %s: the host must be an IP address, "
+           "such as 127.0.0.1, 0.0.0.0, [::1] or [::]", show(q, v), k->name);
+    hostport_free(hp);
+    return -EINVAL;
+  }
+  hp->line = L->pend.line;
+  return 0;
+}
+
+static int p_hostport(struct loader *L, const struct key_def *k,
+                      const char *v, void *base)
+{
+  struct px_conf_hostport *dst = FIELD(base, k->off, struct px_conf_hostport);
+  struct px_conf_hostport hp = { NULL, NULL, 0 };
+  int rc = hostport_value(L, k, v, &hp);
+
+  if (rc != 0)
+    return rc;
+  hostport_free(dst);
+  *dst = hp;
+  return 0;
+}
+
+/* A repeatable host:port: appends to the array at k->off, whose length is
+ * the size_t at k->off_n. */
+static int p_hostport_list(struct loader *L, const struct key_def *k,
+                           const char *v, void *base)
+{
+  struct px_conf_hostport **arr =
+    FIELD(base, k->off, struct px_conf_hostport *);
+  size_t *n = FIELD(base, k->off_n, size_t);
+  struct px_conf_hostport hp = { NULL, NULL, 0 };
+  struct px_conf_hostport *grown;
+  int rc = hostport_value(L, k, v, &hp);
+
+  if (rc != 0)
+    return rc;
+  grown = realloc(*arr, (*n + 1) * sizeof **arr);
+  if (grown == NULL) {
+    hostport_free(&hp);
+    oom(L);
+    return -ENOMEM;
+  }
+  *arr = grown;
+  (*arr)[(*n)++] = hp;
+  return 0;
+}
+
+/* The NAME of another section; resolved in finish(). */
+static int p_ref(struct loader *L, const struct key_def *k, const char *v,
+                 void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **dst = FIELD(base, k->off, char *);
+  char *s;
+
+  if (!is_name(v)) {
+    bad(L, "bad value \"%s\" for %s (the NAME of an [%s:NAME] section)",
+        show(q, v), k->name, k->name);
+    return -EINVAL;
+  }
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+/* ---- sections ---- */
+
+static void main_defaults(struct px_conf *c)
+{
+  c->workers = 0; /* auto */
+  c->log_target = PX_LOGT_STDERR;
+  c->log_level = PX_LOG_INFO;
+  c->shutdown_timeout_ms = 30 * MS_S;
+}
+
+static void listener_defaults(struct px_conf_listener *l)
+{
+  memset(l, 0, sizeof *l);
+  l->tls = PX_TLS_OFF;
+  l->max_clients = 10000;
+  l->max_clients_per_ip = 50;
+  l->idle_timeout_ms = 10 * MS_M;
+  l->login_timeout_ms = 3 * MS_M;
+  l->max_errors = 10;
+}
+
+static void upstream_defaults(struct px_conf_upstream *u)
+{
+  memset(u, 0, sizeof *u);
+  u->tls = PX_TLS_OFF;
+  u->connect_timeout_ms = 10 * MS_S;
+  u->timeout_ms = 10 * MS_M;
+  u->max_response_line = 1024;
+}
+
+static void main_free(struct px_conf *c)
+{
+  free(c->path);
+  free(c->user);
+  free(c->log_path);
+  hostport_free(&c->metrics);
+  c->path = c->user = c->log_path = NULL;
+}
+
+static void listener_free(struct px_conf_listener *l)
+{
+  free(l->name);
+  hostport_free(&l->bind);
+  free(l->upstream_name);
+  l->name = l->upstream_name = NULL;
+}
+
+static void upstream_free(struct px_conf_upstream *u)
+{
+  size_t i;
+
+  free(u->name);
+  for (i = 0; i < u->nservers; i++)
+    hostport_free(&u->servers[i]);
+  free(u->servers);
+  u->name = NULL;
+  u->servers = NULL;
+  u->nservers = 0;
+}
+
+static void conf_free(struct px_conf *c)
+{
+  size_t i;
+
+  if (c == NULL)
+    return;
+  main_free(c);
+  for (i = 0; i < c->nlisteners; i++)
+    listener_free(&c->listeners[i]);
+  for (i = 0; i < c->nupstreams; i++)
+    upstream_free(&c->upstreams[i]);
+  free(c->listeners);
+  free(c->upstreams);
+  free(c);
+}
+
+/* The struct that keys of the current section fill. */
+static void *cur_base(struct loader *L)
+{
+  switch (L->kind) {
+  case SEC_MAIN:
+    return L->scratch ? (void *)&L->scratch_main : (void *)L->c;
+  case SEC_LISTENER:
+    return L->scratch ? (void *)&L->scratch_l
+                      : (void *)&L->c->listeners[L->idx];
+  case SEC_UPSTREAM:
+    return L->scratch ? (void *)&L->scratch_u
+                      : (void *)&L->c->upstreams[L->idx];
+  default:
+    return NULL;
+  }
+}
+
+/* "[listener:a]" for messages about the current section. */
+static const char *cur_label(struct loader *L, char *buf, size_t n)
+{
+  const char *name = NULL;
+
+  if (L->kind == SEC_LISTENER)
+    name = L->scratch ? L->scratch_l.name : L->c->listeners[L->idx].name;
+  else if (L->kind == SEC_UPSTREAM)
+    name = L->scratch ? L->scratch_u.name : L->c->upstreams[L->idx].name;
+  if (name != NULL)
+    snprintf(buf, n, "[%s:%s]", sec_kind_names[L->kind], name);
+  else
+    snprintf(buf, n, "[%s]", sec_kind_names[L->kind]);
+  return buf;
+}
+
+/* Drops what a duplicate section collected. */
+static void end_section(struct loader *L)
+{
+  if (L->scratch) {
+    main_free(&L->scratch_main);
+    listener_free(&L->scratch_l);
+    upstream_free(&L->scratch_u);
+    L->scratch = 0;
+  }
+  L->kind = SEC_SKIP;
+  L->info = NULL;
+}
+
+static void begin_scratch(struct loader *L, enum sec_kind kind,
+                          const char *name)
+{
+  L->scratch = 1;
+  L->kind = kind;
+  memset(&L->scratch_info, 0, sizeof L->scratch_info);
+  L->scratch_info.line = L->lineno;
+  L->info = &L->scratch_info;
+  memset(&L->scratch_main, 0, sizeof L->scratch_main);
+  main_defaults(&L->scratch_main);
+  listener_defaults(&L->scratch_l);
+  upstream_defaults(&L->scratch_u);
+  if (kind == SEC_LISTENER)
+    L->scratch_l.name = xstrdup(L, name);
+  else if (kind == SEC_UPSTREAM)
+    L->scratch_u.name = xstrdup(L, name);
+}
+
+/* Appends a listener or upstream named name; 0 or -ENOMEM. */
+static int add_named(struct loader *L, enum sec_kind kind, const char *name)
+{
+  int listener = kind == SEC_LISTENER;
+  size_t *n = listener ? &L->c->nlisteners : &L->c->nupstreams;
+  size_t *cap = listener ? &L->lcap : &L->ucap;
+  struct sec_info **info = listener ? &L->linfo : &L->uinfo;
+  char *s = xstrdup(L, name);
+
+  if (s == NULL)
+    return -ENOMEM;
+  if (*n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 4;
+    struct sec_info *ni = realloc(*info, ncap * sizeof **info);
+    if (ni == NULL) {
+      free(s);
+      oom(L);
+      return -ENOMEM;
+    }
+    *info = ni;
+    if (listener) {
+      struct px_conf_listener *a =
+        realloc(L->c->listeners, ncap * sizeof *a);
+      if (a == NULL) {
+        free(s);
+        oom(L);
+        return -ENOMEM;
+      }
+      L->c->listeners = a;
+    } else {
+      struct px_conf_upstream *a = realloc(L->c->upstreams, ncap * sizeof *a);
+      if (a == NULL) {
+        free(s);
+        oom(L);
+        return -ENOMEM;
+      }
+      L->c->upstreams = a;
+    }
+    *cap = ncap;
+  }
+  if (listener) {
+    listener_defaults(&L->c->listeners[*n]);
+    L->c->listeners[*n].name = s;
+    L->c->listeners[*n].line = L->lineno;
+  } else {
+    upstream_defaults(&L->c->upstreams[*n]);
+    L->c->upstreams[*n].name = s;
+    L->c->upstreams[*n].line = L->lineno;
+  }
+  memset(&(*info)[*n], 0, sizeof **info);
+  (*info)[*n].line = L->lineno;
+  L->kind = kind;
+  L->idx = (*n)++;
+  L->info = &(*info)[L->idx];
+  return 0;
+}
+
+/* Handles a "[...]" line: inner is the text between the brackets (ours to
+ * modify), after the rest of the line past "]". */
+static void begin_section(struct loader *L, char *inner, const char *after)
+{
+  char q[PX_CONF_SHOW + 4];
+  char *name, *colon;
+  enum sec_kind kind = SEC_NONE;
+  size_t i, n;
+  int line = L->lineno;
+
+  end_section(L);
+  while (isspace((unsigned char)*inner))
+    inner++;
+  n = strlen(inner);
+  while (n > 0 && isspace((unsigned char)inner[n - 1]))
+    inner[--n] = '\0';
+  while (isspace((unsigned char)*after))
+    after++;
+  if (*after != '\0' && *after != ';' && *after != '#') {
+    errorf(L, line, "unexpected text \"%s\" after the section header",
+           show(q, after));
+    return;
+  }
+
+  colon = strchr(inner, ':');
+  name = colon != NULL ? colon + 1 : NULL;
+  if (colon != NULL)
+    *colon = '\0';
+  for (i = SEC_MAIN; i <= SEC_UPSTREAM; i++)
+    if (strcmp(inner, sec_kind_names[i]) == 0)
+      kind = (enum sec_kind)i;
+
+  if (kind == SEC_NONE) {
+    if (strcmp(inner, "filter") == 0 && name != NULL) {
+      errorf(L, line, "section [filter:NAME] is not supported yet by this "
+                      "build");
+      return;
+    }
+    if (colon != NULL)
+      *colon = ':';
+    errorf(L, line, "unknown section [%s] (use [popgate], [listener:NAME] "
+                    "or [upstream:NAME])", show(q, inner));
+    return;
+  }
+  if (kind == SEC_MAIN) {
+    if (name != NULL) {
+      errorf(L, line, "section [popgate] takes no name");
+      return;
+    }
+    if (L->main_info.line != 0) {
+      errorf(L, line, "duplicate section [popgate] (first at line %d)",
+             L->main_info.line);
+      begin_scratch(L, SEC_MAIN, NULL);
+      return;
+    }
+    L->main_info.line = line;
+    L->kind = SEC_MAIN;
+    L->info = &L->main_info;
+    return;
+  }
+
+  if (name == NULL || *name == '\0') {
+    errorf(L, line, "section [%s] needs a name: [%s:NAME]",
+           sec_kind_names[kind], sec_kind_names[kind]);
+    return;
+  }
+  if (!is_name(name)) {
+    errorf(L, line, "bad section name \"%s\" in [%s:...] (use up to %d "
+                    "letters, digits, \"_\", \".\" and \"-\")",
+           show(q, name), sec_kind_names[kind], PX_CONF_MAX_NAME);
+    return;
+  }
+  n = kind == SEC_LISTENER ? L->c->nlisteners : L->c->nupstreams;
+  for (i = 0; i < n; i++) {
+    const char *other = kind == SEC_LISTENER ? L->c->listeners[i].name
+                                             : L->c->upstreams[i].name;
+    if (strcmp(other, name) == 0) {
+      errorf(L, line, "duplicate section [%s:%s] (first at line %d)",
+             sec_kind_names[kind], name,
+             kind == SEC_LISTENER ? L->linfo[i].line : L->uinfo[i].line);
+      begin_scratch(L, kind, name);
+      return;
+    }
+  }
+  add_named(L, kind, name);
+}
+
+/* ---- values ---- */
+
+static const struct key_def *find_key(enum sec_kind kind, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < NKEYS; i++)
+    if (keys[i].sec == kind && strcmp(keys[i].name, name) == 0)
+      return &keys[i];
+  return NULL;
+}
+
+/* Parses the collected value, if any, into the current section. */
+static void flush_pending(struct loader *L)
+{
+  struct pending *p = &L->pend;
+  const struct key_def *k = p->k;
+
+  if (!p->active)
+    return;
+  if (k != NULL) {
+    if (p->len == 0 && !(k->flags & KEY_EMPTY_OK))
+      bad(L, "empty value for %s", k->name);
+    else
+      k->parse(L, k, p->val, cur_base(L));
+  }
+  p->active = 0;
+  p->k = NULL;
+  p->len = 0;
+  if (p->val != NULL)
+    p->val[0] = '\0';
+}
+
+/* Appends n bytes of s to the pending value, with a space before them
+ * unless the value is empty. Returns 0, or -1 when the value would grow too
+ * long (reported; the value is then discarded). */
+static int pend_append(struct loader *L, const char *s, size_t n)
+{
+  struct pending *p = &L->pend;
+  size_t need = p->len + (p->len > 0) + n + 1;
+
+  if (need > PX_CONF_MAX_VALUE + 1) {
+    errorf(L, p->line, "value of %s is longer than %d characters",
+           p->k->name, PX_CONF_MAX_VALUE);
+    p->k = NULL;
+    return -1;
+  }
+  if (need > p->cap) {
+    size_t ncap = p->cap ? p->cap : 256;
+    char *nv;
+    while (ncap < need)
+      ncap *= 2;
+    if ((nv = realloc(p->val, ncap)) == NULL) {
+      oom(L);
+      p->k = NULL;
+      return -1;
+    }
+    p->val = nv;
+    p->cap = ncap;
+  }
+  if (p->len > 0)
+    p->val[p->len++] = ' ';
+  memcpy(p->val + p->len, s, n);
+  p->len += n;
+  p->val[p->len] = '\0';
+  return 0;
+}
+
+/* A "key = value" line; value is inih's (trimmed, inline comment gone). */
+static void begin_key(struct loader *L, const char *name, const char *value)
+{
+  char q[PX_CONF_SHOW + 4], sec[PX_CONF_MAX_NAME + 16];
+  struct pending *p = &L->pend;
+  const struct key_def *k;
+  size_t i;
+
+  p->active = 1;
+  p->k = NULL;
+  p->line = p->last = L->lineno;
+  p->len = 0;
+
+  if (L->kind == SEC_NONE) {
+    errorf(L, L->lineno, "key \"%s\" outside of any section (put it under "
+                         "[popgate], [listener:NAME] or [upstream:NAME])",
+           show(q, name));
+    return;
+  }
+  if (L->kind == SEC_SKIP)
+    return;
+  if (*name == '\0') {
+    errorf(L, L->lineno, "missing key name before \"=\"");
+    return;
+  }
+  k = find_key(L->kind, name);
+  if (k == NULL) {
+    const char *elsewhere = NULL;
+    for (i = 0; i < NKEYS && elsewhere == NULL; i++)
+      if (strcmp(keys[i].name, name) == 0)
+        elsewhere = sec_kind_names[keys[i].sec];
+    if (elsewhere != NULL)
+      errorf(L, L->lineno, "unknown key \"%s\" in %s (%s belongs in [%s%s])",
+             name, cur_label(L, sec, sizeof sec), name, elsewhere,
+             strcmp(elsewhere, "popgate") == 0 ? "" : ":NAME");
+    else
+      errorf(L, L->lineno, "unknown key \"%s\" in %s", show(q, name),
+             cur_label(L, sec, sizeof sec));
+    return;
+  }
+  if (k->parse == NULL) {
+    errorf(L, L->lineno, "key \"%s\" in %s is not supported yet by this "
+                         "build", name, cur_label(L, sec, sizeof sec));
+    return;
+  }
+  i = (size_t)(k - keys);
+  if (L->info->seen[i] != 0 && !(k->flags & KEY_REPEATABLE)) {
+    errorf(L, L->lineno, "duplicate key \"%s\" in %s (first at line %d)",
+           name, cur_label(L, sec, sizeof sec), L->info->seen[i]);
+    return;
+  }
+  if (L->info->seen[i] == 0)
+    L->info->seen[i] = L->lineno;
+  p->k = k;
+  pend_append(L, value, strlen(value));
+}
+
+/* An indented line after a key: more of its value. inih r55 does not strip
+ * inline comments from these lines; do it here, by inih's rule (";" after
+ * whitespace), so that both kinds of line read alike. */
+static void continue_value(struct loader *L, const char *value)
+{
+  struct pending *p = &L->pend;
+  size_t n;
+  int was_space = 0;
+
+  if (!p->active || p->k == NULL)
+    return;
+  for (n = 0; value[n] != '\0'; n++) {
+    if (was_space && value[n] == ';')
+      break;
+    was_space = isspace((unsigned char)value[n]);
+  }
+  while (n > 0 && isspace((unsigned char)value[n - 1]))
+    n--;
+  if (n == 0)
+    return;
+  p->last = L->lineno;
+  pend_append(L, value, n);
+}
+
+/* ---- reading lines: reader_cb() and handler_cb() for inih ---- */
+
+static int next_byte(struct loader *L)
+{
+  int ch;
+
+  if (L->npush > 0)
+    return L->push[--L->npush];
+  if (L->nread++ == PX_CONF_MAX_FILE) {
+    L->read_errno = EFBIG;
+    return EOF;
+  }
+  if (L->fp != NULL) {
+    ch = getc(L->fp);
+    if (ch == EOF && ferror(L->fp) && L->read_errno == 0)
+      L->read_errno = errno != 0 ? errno : EIO;
+    return ch;
+  }
+  if (L->pos < L->textlen)
+    return (unsigned char)L->text[L->pos++];
+  return EOF;
+}
+
+/* Drops a UTF-8 byte order mark at the start of the input. */
+static void skip_bom(struct loader *L)
+{
+  static const unsigned char bom[3] = { 0xEF, 0xBB, 0xBF };
+  int got[3];
+  int i, n;
+
+  for (n = 0; n < 3; n++) {
+    got[n] = next_byte(L);
+    if (got[n] != bom[n])
+      break;
+  }
+  if (n == 3)
+    return;
+  /* Not a BOM: give back what was read, last byte first. */
+  for (i = n; i >= 0; i--)
+    if (got[i] != EOF)
+      L->push[L->npush++] = (unsigned char)got[i];
+}
+
+/* Reads one physical line without its "\n" or "\r\n". Stores up to cap
+ * bytes in out (NUL-terminated); *len is the line's full length, which may
+ * exceed cap. Returns 0 at end of input, else 1. */
+static int read_line(struct loader *L, char *out, size_t cap, size_t *len,
+                     int *nul)
+{
+  size_t n = 0;
+  int ch, last = 0, any = 0;
+
+  *nul = 0;
+  while ((ch = next_byte(L)) != EOF) {
+    any = 1;
+    if (ch == '\n')
+      break;
+    if (ch == '\0')
+      *nul = 1;
+    if (n < cap)
+      out[n] = (char)ch;
+    n++;
+    last = ch;
+  }
+  if (!any)
+    return 0;
+  if (n > 0 && last == '\r')
+    n--;
+  out[n < cap ? n : cap] = '\0';
+  *len = n;
+  return 1;
+}
+
+/* inih's find_chars_or_comment() (INI_ALLOW_INLINE_COMMENTS, prefix ";"):
+ * the first of chars, or the start of an inline comment, or the end. */
+static const char *find_chars_or_comment(const char *s, const char *chars)
+{
+  int was_space = 0;
+
+  while (*s != '\0' && (chars == NULL || strchr(chars, *s) == NULL) &&
+         !(was_space && *s == ';')) {
+    was_space = isspace((unsigned char)*s);
+    s++;
+  }
+  return s;
+}
+
+static void internal_error(struct loader *L)
+{
+  errorf(L, L->lineno, "internal error: inih read this line differently "
+                       "(please report this)");
+}
+
+/* A key or continuation line that inih did not pass to handler_cb() means
+ * that reader_cb() and inih disagree about the file. */
+static void check_sync(struct loader *L)
+{
+  if (L->cls == CLS_KEY || L->cls == CLS_CONT)
+    internal_error(L);
+  L->cls = CLS_NONE;
+}
+
+/* Handed to inih in place of a line that must not reach it. An empty line
+ * changes nothing in inih's state. */
+static char *blank_line(char *str)
+{
+  str[0] = '\0';
+  return str;
+}
+
+static char *reader_cb(char *str, int num, void *stream)
+{
+  struct loader *L = stream;
+  size_t cap = num > 1 ? (size_t)num - 1 : 0;
+  size_t len;
+  const char *p, *end;
+  int nul, comment;
+
+  check_sync(L);
+  L->buf = str;
+  L->bufsize = (size_t)(num > 0 ? num : 0);
+  if (L->read_errno != 0 || !read_line(L, str, cap, &len, &nul))
+    return NULL;
+  L->lineno++;
+
+  for (p = str; isspace((unsigned char)*p); p++)
+    ;
+  comment = *p == '\0' || *p == ';' || *p == '#';
+
+  if (len > cap || nul) {
+    if (len > cap)
+      errorf(L, L->lineno, "line longer than %zu characters", cap);
+    else
+      errorf(L, L->lineno, "line contains a NUL byte");
+    /* inih gets a blank line instead. A comment changes nothing. A cut
+     * continuation would leave a value that looks whole: drop the value.
+     * A key line ends the value before it; a section header also ends the
+     * section, so that its keys do not land in the previous one. */
+    if (comment)
+      ;
+    else if (L->have_prev && p > str)
+      L->pend.k = NULL;
+    else {
+      flush_pending(L);
+      if (*p == '[')
+        end_section(L);
+    }
+    return blank_line(str);
+  }
+  if (L->lineno == 1 && (unsigned char)str[0] == 0xEF &&
+      (unsigned char)str[1] == 0xBB && (unsigned char)str[2] == 0xBF) {
+    errorf(L, L->lineno, "more than one byte order mark");
+    return blank_line(str);
+  }
+
+  /* The same decisions, in the same order, as ini_parse_stream(). */
+  if (comment)
+    return str;
+  if (L->have_prev && p > str) {
+    L->cls = CLS_CONT;
+    return str;
+  }
+  flush_pending(L);
+  if (*p == '[') {
+    end = find_chars_or_comment(p + 1, "]");
+    if (*end == ']') {
+      char inner[512];
+      size_t n = (size_t)(end - (p + 1));
+      memcpy(inner, p + 1, n < sizeof inner ? n : sizeof inner - 1);
+      inner[n < sizeof inner ? n : sizeof inner - 1] = '\0';
+      L->have_prev = 0;
+      begin_section(L, inner, end + 1);
+    } else {
+      errorf(L, L->lineno, "missing \"]\" in section header");
+      end_section(L);
+    }
+    return str;
+  }
+  end = find_chars_or_comment(p, "=:");
+  if (*end == '=' || *end == ':') {
+    L->have_prev = end > p;
+    L->cls = CLS_KEY;
+  } else {
+    errorf(L, L->lineno, "expected \"key = value\", \"[section]\" or a "
+                         "comment");
+  }
+  return str;
+}
+
+static int handler_cb(void *user, const char *section, const char *name,
+                      const char *value)
+{
+  struct loader *L = user;
+  enum line_class cls = L->cls;
+  uintptr_t p = (uintptr_t)name, b = (uintptr_t)L->buf;
+  /* inih passes a key's name inside the line buffer, and the saved
+   * prev_name for a continuation: a cheap check that both agree. */
+  int in_line = p >= b && p < b + L->bufsize;
+
+  (void)section; /* cut at 49 bytes by inih; begin_section() saw it whole */
+  L->cls = CLS_DONE;
+  if (cls == CLS_KEY && in_line) {
+    begin_key(L, name, value);
+    return 1;
+  }
+  if (cls == CLS_CONT && !in_line) {
+    continue_value(L, value);
+    return 1;
+  }
+  internal_error(L);
+  return 0;
+}
+
+/* ---- after the last line ---- */
+
+static void check_required(struct loader *L, enum sec_kind kind,
+                           const char *name, const struct sec_info *info)
+{
+  size_t i;
+
+  for (i = 0; i < NKEYS; i++)
+    if (keys[i].sec == kind && (keys[i].flags & KEY_REQUIRED) &&
+        info->seen[i] == 0)
+      errorf(L, info->line, "missing required key \"%s\" in [%s:%s]",
+             keys[i].name, sec_kind_names[kind], name);
+}
+
+static size_t key_index(enum sec_kind kind, const char *name)
+{
+  return (size_t)(find_key(kind, name) - keys);
+}
+
+static void finish(struct loader *L)
+{
+  struct px_conf *c = L->c;
+  char a[300], b[300];
+  size_t i, j, ki = key_index(SEC_LISTENER, "upstream");
+  long n;
+
+  flush_pending(L);
+  end_section(L);
+
+  if (c->workers == 0) {
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+    c->workers = n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
+  }
+
+  for (i = 0; i < c->nupstreams; i++)
+    check_required(L, SEC_UPSTREAM, c->upstreams[i].name, &L->uinfo[i]);
+  for (i = 0; i < c->nlisteners; i++) {
+    struct px_conf_listener *l = &c->listeners[i];
+    check_required(L, SEC_LISTENER, l->name, &L->linfo[i]);
+    if (l->upstream_name == NULL)
+      continue;
+    for (j = 0; j < c->nupstreams; j++)
+      if (strcmp(c->upstreams[j].name, l->upstream_name) == 0)
+        l->upstream = &c->upstreams[j];
+    if (l->upstream == NULL)
+      errorf(L, L->linfo[i].seen[ki], "upstream \"%s\" in [listener:%s] is "
+             "not defined (no [upstream:%s] section)", l->upstream_name,
+             l->name, l->upstream_name);
+  }
+  if (c->nlisteners == 0)
+    errorf(L, 0, "no [listener:NAME] section: at least one listener is "
+                 "required");
+
+  /* With SO_REUSEPORT two listeners on one address would both bind and
+   * share the connections silently. */
+  for (i = 0; i < c->nlisteners; i++) {
+    struct px_conf_listener *l = &c->listeners[i];
+    if (l->bind.host == NULL)
+      continue;
+    for (j = 0; j < i; j++) {
+      struct px_conf_listener *o = &c->listeners[j];
+      if (o->bind.host != NULL && same_hostport(&l->bind, &o->bind)) {
+        errorf(L, l->bind.line, "bind = %s in [listener:%s] is already "
+               "used by [listener:%s] (line %d)",
+               hostport_str(a, sizeof a, &l->bind), l->name, o->name,
+               o->bind.line);
+        break;
+      }
+    }
+    if (c->metrics.host != NULL && same_hostport(&l->bind, &c->metrics))
+      errorf(L, c->metrics.line, "metrics = %s is also the bind of "
+             "[listener:%s] (line %d)",
+             hostport_str(b, sizeof b, &c->metrics), l->name, l->bind.line);
+  }
+}
+
+/* Writes the collected errors, sorted by line (whole-file ones last). */
+static void write_errors(struct loader *L, char *err, size_t errlen)
+{
+  size_t used = 0;
+  int i, j;
+
+  for (i = 1; i < L->nerrs; i++) {
+    struct err_rec e = L->errs[i];
+    long ke = e.line > 0 ? e.line : INT_MAX;
+    for (j = i; j > 0; j--) {
+      const struct err_rec *o = &L->errs[j - 1];
+      long ko = o->line > 0 ? o->line : INT_MAX;
+      if (ko < ke || (ko == ke && o->seq < e.seq))
+        break;
+      L->errs[j] = *o;
+    }
+    L->errs[j] = e;
+  }
+  if (err == NULL || errlen == 0)
+    return;
+  err[0] = '\0';
+  for (i = 0; i <= L->nerrs && used + 1 < errlen; i++) {
+    int w;
+    if (i == L->nerrs) {
+      if (L->nmore == 0)
+        break;
+      w = snprintf(err + used, errlen - used, "%s: %d more errors not shown\n",
+                   L->name, L->nmore);
+    } else if (L->errs[i].line > 0) {
+      w = snprintf(err + used, errlen - used, "%s:%d: %s\n", L->name,
+                   L->errs[i].line, L->errs[i].msg);
+    } else {
+      w = snprintf(err + used, errlen - used, "%s: %s\n", L->name,
+                   L->errs[i].msg);
+    }
+    if (w < 0)
+      break;
+    used += (size_t)w;
+  }
+}
+
+static void put_err(char *err, size_t errlen, const char *name,
+                    const char *msg)
+{
+  if (err != NULL && errlen > 0)
+    snprintf(err, errlen, "%s: %s\n", name, msg);
+}
+
+/* Runs a loader whose input is set up; frees everything it owns. */
+static int load(struct loader *L, struct px_conf **out, char *err,
+                size_t errlen)
+{
+  char ebuf[128];
+  int rc;
+
+  L->c = calloc(1, sizeof *L->c);
+  if (L->c == NULL) {
+    put_err(err, errlen, L->name, "out of memory");
+    return -ENOMEM;
+  }
+  main_defaults(L->c);
+  L->c->refs = 1;
+  L->c->path = xstrdup(L, L->name);
+
+  skip_bom(L);
+  rc = ini_parse_stream(reader_cb, L, handler_cb, L);
+  check_sync(L);
+  if (rc != 0 && L->nerrs == 0 && !L->oom && L->read_errno == 0)
+    errorf(L, rc > 0 ? rc : 0, "syntax error");
+  finish(L);
+
+  free(L->pend.val);
+  free(L->linfo);
+  free(L->uinfo);
+  if (L->read_errno == EFBIG) {
+    rc = -EFBIG;
+    put_err(err, errlen, L->name, "larger than 1M: not a configuration file");
+  } else if (L->read_errno != 0) {
+    char msg[200];
+    rc = -L->read_errno;
+    snprintf(msg, sizeof msg, "cannot read: %s", ERRSTR(L->read_errno, ebuf));
+    put_err(err, errlen, L->name, msg);
+  } else if (L->oom) {
+    rc = -ENOMEM;
+    put_err(err, errlen, L->name, "out of memory");
+  } else if (L->nerrs > 0) {
+    rc = -EINVAL;
+    write_errors(L, err, errlen);
+  } else {
+    if (err != NULL && errlen > 0)
+      err[0] = '\0';
+    *out = L->c;
+    return 0;
+  }
+  conf_free(L->c);
+  return rc;
+}
+
+int px_conf_load(const char *path, struct px_conf **out, char *err,
+                 size_t errlen)
+{
+  struct loader L;
+  char ebuf[128], msg[200];
+  int rc;
+
+  if (out != NULL)
+    *out = NULL;
+  if (path == NULL || out == NULL) {
+    put_err(err, errlen, path != NULL ? path : "(null)", "invalid argument");
+    return -EINVAL;
+  }
+  memset(&L, 0, sizeof L);
+  L.name = path;
+  L.fp = fopen(path, "re"); /* "e": O_CLOEXEC, glibc */
+  if (L.fp == NULL) {
+    rc = errno;
+    snprintf(msg, sizeof msg, "cannot open: %s", ERRSTR(rc, ebuf));
+    put_err(err, errlen, path, msg);
+    return -rc;
+  }
+  rc = load(&L, out, err, errlen);
+  fclose(L.fp);
+  return rc;
+}
+
+int px_conf_load_string(const char *name, const char *text,
+                        struct px_conf **out, char *err, size_t errlen)
+{
+  struct loader L;
+
+  if (out != NULL)
+    *out = NULL;
+  if (name == NULL)
+    name = "(string)";
+  if (text == NULL || out == NULL) {
+    put_err(err, errlen, name, "invalid argument");
+    return -EINVAL;
+  }
+  memset(&L, 0, sizeof L);
+  L.name = name;
+  L.text = text;
+  L.textlen = strlen(text);
+  return load(&L, out, err, errlen);
+}
+
+void px_conf_ref(struct px_conf *c)
+{
+  __atomic_fetch_add(&c->refs, 1, __ATOMIC_RELAXED);
+}
+
+void px_conf_unref(struct px_conf **cp)
+{
+  struct px_conf *c;
+
+  if (cp == NULL || *cp == NULL)
+    return;
+  c = *cp;
+  *cp = NULL;
+  if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    conf_free(c);
+}

@@ -1,0 +1,129 @@
+/* fuzz_conf.c - libFuzzer target for proxy/conf.c.
+ *
+ * Feeds the input to px_conf_load_string() as a whole config file and to
+ * each value parser, and checks what must hold whatever the input: success
+ * yields a complete px_conf and no message; failure yields no px_conf and
+ * one or more "NAME:..." lines; inih and conf.c's reader never disagree
+ * about a line ("internal error"). ASan/LSan catch leaks and overflows.
+ *
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iproxy proxy/conf.c \
+ *     tests/fuzz/fuzz_conf.c $(pkg-config --cflags --libs inih) -o fuzz_conf
+ *   ./fuzz_conf -max_total_time=60 tests/fuzz/corpus/conf
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conf.h"
+
+#define CHECK(x)                                                           \
+  do {                                                                     \
+    if (!(x))                                                              \
+      abort();                                                             \
+  } while (0)
+
+static void check_conf(const struct px_conf *c)
+{
+  size_t i, j;
+
+  CHECK(c->refs == 1);
+  CHECK(c->path != NULL && strcmp(c->path, "fuzz.ini") == 0);
+  CHECK(c->workers >= 1 && c->workers <= 256);
+  CHECK(c->log_target < PX_LOGT_COUNT);
+  CHECK((c->log_target == PX_LOGT_FILE) == (c->log_path != NULL));
+  CHECK(c->log_level < PX_LOG_COUNT);
+  CHECK((c->metrics.host == NULL) == (c->metrics.port == NULL));
+  CHECK(c->nlisteners >= 1);
+  for (i = 0; i < c->nlisteners; i++) {
+    const struct px_conf_listener *l = &c->listeners[i];
+    CHECK(l->name != NULL && l->name[0] != '\0');
+    CHECK(l->bind.host != NULL && l->bind.host[0] != '\0');
+    CHECK(l->bind.port != NULL && atoi(l->bind.port) >= 1 &&
+          atoi(l->bind.port) <= 65535);
+    CHECK(l->upstream != NULL && l->upstream_name != NULL);
+    CHECK(strcmp(l->upstream->name, l->upstream_name) == 0);
+    CHECK(l->tls == PX_TLS_OFF);
+    CHECK(l->max_clients >= 1);
+    CHECK(l->idle_timeout_ms >= 600000);
+    CHECK(l->max_errors >= 1 && l->max_errors <= 1000);
+  }
+  for (i = 0; i < c->nupstreams; i++) {
+    const struct px_conf_upstream *u = &c->upstreams[i];
+    CHECK(u->name != NULL && u->nservers >= 1 && u->servers != NULL);
+    for (j = 0; j < u->nservers; j++)
+      CHECK(u->servers[j].host != NULL && u->servers[j].port != NULL);
+    CHECK(u->tls == PX_TLS_OFF);
+    CHECK(u->max_response_line >= 512 && u->max_response_line <= 65536);
+  }
+}
+
+/* Each line is "fuzz.ini:LINE: message" or "fuzz.ini: message", and no
+ * message is conf.c's internal error (quoted input may contain the words,
+ * so look at the start of the message only). */
+static void check_err(const char *err)
+{
+  const char *line = err, *msg;
+
+  CHECK(err[0] != '\0');
+  while (*line != '\0') {
+    const char *nl = strchr(line, '\n');
+    CHECK(strncmp(line, "fuzz.ini", 8) == 0);
+    msg = line + 8;
+    if (*msg == ':')
+      msg++;
+    while (*msg >= '0' && *msg <= '9')
+      msg++;
+    if (*msg == ':')
+      msg++;
+    if (*msg == ' ')
+      msg++;
+    CHECK(strncmp(msg, "internal error", 14) != 0);
+    if (nl == NULL)
+      break; /* cut by the buffer's size */
+    line = nl + 1;
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+  struct px_conf *c = NULL, *copy;
+  char err[4096];
+  char *text, *host, *port;
+  uint64_t n;
+  int rc, b;
+
+  text = malloc(size + 1);
+  if (text == NULL)
+    return 0;
+  memcpy(text, data, size);
+  text[size] = '\0';
+
+  rc = px_conf_load_string("fuzz.ini", text, &c, err, sizeof err);
+  if (rc == 0) {
+    CHECK(c != NULL && err[0] == '\0');
+    check_conf(c);
+    copy = c;
+    px_conf_ref(c);
+    px_conf_unref(&copy);
+    CHECK(copy == NULL && c->refs == 1);
+  } else {
+    CHECK(rc == -EINVAL && c == NULL);
+    check_err(err);
+  }
+  px_conf_unref(&c);
+
+  /* The value parsers on their own, with the input as one value. */
+  px_conf_parse_duration(text, &n);
+  px_conf_parse_size(text, &n);
+  px_conf_parse_bool(text, &b);
+  if (px_conf_parse_hostport(text, &host, &port) == 0) {
+    CHECK(host[0] != '\0' && atoi(port) >= 1 && atoi(port) <= 65535);
+    free(host);
+    free(port);
+  } else {
+    CHECK(host == NULL && port == NULL);
+  }
+  free(text);
+  return 0;
+}
