@@ -393,14 +393,16 @@ static void take_sasl_line(struct px_session *s, const char *line, size_t len)
   s->t_up = now_ms(s);
 }
 
-static void parse_client(struct px_session *s)
+/* Takes the client's lines from buf as far as the queue and the dialogue
+ * allow, and returns the bytes taken. */
+static size_t parse_lines(struct px_session *s, const char *buf, size_t buflen)
 {
   size_t off = 0, len;
   int rc;
 
-  while (off < s->cinlen && !s->closing && !s->draining) {
-    const char *p = s->cin + off;
-    size_t n = s->cinlen - off;
+  while (off < buflen && !s->closing && !s->draining) {
+    const char *p = buf + off;
+    size_t n = buflen - off;
 
     if (s->sasl_wait) {
       rc = px_pop3_line(p, n, PX_SASL_MAX, &len);
@@ -425,20 +427,36 @@ static void parse_client(struct px_session *s)
       s->w->ctr.commands_rejected++;
       push_local(s, "-ERR Command line too long, closing\r\n", 1);
       s->quit = 1;
-      off = s->cinlen;
+      off = buflen;
       break;
     }
     take_command(s, p, len);
     off += len + 2;
   }
+  return off;
+}
+
+static void drop_cin(struct px_session *s)
+{
+  if (s->cin == NULL)
+    return;
+  OPENSSL_cleanse(s->cin, s->cinlen);
+  free(s->cin);
+  s->cin = NULL;
+  s->cinlen = 0;
+}
+
+/* Parses what is left of the client's input, when the dialogue has moved
+ * on (an answer completed, a SASL challenge came). */
+static void parse_client(struct px_session *s)
+{
+  size_t off;
 
   if (s->cin == NULL)
     return;
+  off = parse_lines(s, s->cin, s->cinlen);
   if (off >= s->cinlen || s->closing) {
-    OPENSSL_cleanse(s->cin, s->cinlen);
-    free(s->cin);
-    s->cin = NULL;
-    s->cinlen = 0;
+    drop_cin(s);
   } else if (off > 0) {
     memmove(s->cin, s->cin + off, s->cinlen - off);
     s->cinlen -= off;
@@ -458,25 +476,30 @@ static void client_read(struct px_conn *c, const char *p, ssize_t n)
   s->t_cli = now_ms(s);
   if (s->draining)
     return;
+  session_ref(s);
   if (s->cin == NULL) {
-    s->cin = malloc(PX_CIN_CAP);
-    if (s->cin == NULL) {
-      session_close(s, "out_of_memory");
-      return;
+    /* The usual case: whole commands, parsed where they landed. Only a
+     * remainder is kept, in a buffer that exists only while it does. */
+    size_t off = parse_lines(s, p, (size_t)n);
+    if (off < (size_t)n && !s->closing && !s->draining) {
+      s->cin = malloc(PX_CIN_CAP);
+      if (s->cin == NULL) {
+        session_close(s, "out_of_memory");
+      } else {
+        s->cinlen = (size_t)n - off;
+        memcpy(s->cin, p + off, s->cinlen);
+      }
     }
-  }
-  if ((size_t)n > PX_CIN_CAP - s->cinlen) {
+  } else if ((size_t)n > PX_CIN_CAP - s->cinlen) {
     /* Reading stops whenever the parser cannot take more, so only a
      * client that ignores the protocol gets here. */
     to_client_str(s, "-ERR Too much input, closing\r\n");
     finish(s, "input_overflow");
-    return;
+  } else {
+    memcpy(s->cin + s->cinlen, p, (size_t)n);
+    s->cinlen += (size_t)n;
+    parse_client(s);
   }
-  memcpy(s->cin + s->cinlen, p, (size_t)n);
-  s->cinlen += (size_t)n;
-
-  session_ref(s);
-  parse_client(s);
   dispatch(s);
   flush(s);
   update_reading(s);
@@ -1149,11 +1172,7 @@ static void session_close(struct px_session *s, const char *reason)
 
   px_cmdq_clear(&s->q);
   px_framer_reset(&s->fr);
-  if (s->cin != NULL) {
-    OPENSSL_cleanse(s->cin, s->cinlen);
-    free(s->cin);
-    s->cin = NULL;
-  }
+  drop_cin(s);
   if (s->ai != NULL) {
     uv_freeaddrinfo(s->ai);
     s->ai = NULL;
