@@ -103,8 +103,8 @@ static void write_cb(uv_write_t *req, int status)
 
   px_blk_free_chain(c->wchain);
   c->wchain = NULL;
-  if (status == 0)
-    c->bytes_out += c->wbytes;
+  c->wdone = status == 0 ? c->wbytes : 0;
+  c->bytes_out += c->wdone;
   c->wbytes = 0;
   c->writing = 0;
   c->ops->written(c, status);

@@ -52,6 +52,7 @@ struct px_conn {
   unsigned reading : 1;
   unsigned writing : 1;
   uint64_t bytes_in, bytes_out;
+  size_t wdone;                   /* bytes of the write that just finished */
 };
 
 /* Initializes c's handle on loop. Holds one reference until closed. Reads

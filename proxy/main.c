@@ -21,6 +21,7 @@
 
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
 #include "px.h"
 #include "worker.h"
 
@@ -34,6 +35,8 @@ struct px_main {
   struct px_runtime rt;
   uv_loop_t *loop;
   uv_signal_t sig[4];
+  struct px_metrics metrics;
+  uv_async_t worker_done;
   int stopping;
   unsigned started;               /* workers running */
 };
@@ -120,6 +123,23 @@ static const char *reload_blocker(const struct px_conf *a,
   return NULL;
 }
 
+static void close_main_handles(struct px_main *m)
+{
+  /* On the way out now: a late SIGTERM must not turn a clean exit into a
+   * kill (closing the handles restores the default action). */
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGUSR1, SIG_IGN);
+  for (size_t i = 0; i < PX_ARRAY_LEN(m->sig); i++)
+    if (m->sig[i].loop != NULL && !uv_is_closing((uv_handle_t *)&m->sig[i]))
+      uv_close((uv_handle_t *)&m->sig[i], NULL);
+  if (m->worker_done.loop != NULL &&
+      !uv_is_closing((uv_handle_t *)&m->worker_done))
+    uv_close((uv_handle_t *)&m->worker_done, NULL);
+  px_metrics_stop(&m->metrics);
+}
+
 static void reload(struct px_main *m)
 {
   char err[PX_ERRBUF];
@@ -158,16 +178,34 @@ static void reload(struct px_main *m)
   px_log(PX_LOG_INFO, "ev=reload status=ok");
 }
 
+/* The first SIGTERM/SIGINT drains (shutdown_timeout); a second one ends
+ * the sessions left at once. The signal handlers stay until every worker
+ * has ended, so a second signal never kills the process. */
 static void stop(struct px_main *m, int signum)
 {
-  if (m->stopping)
-    return;
+  int now = m->stopping;
+
   m->stopping = 1;
-  px_log(PX_LOG_INFO, "ev=stopping signal=%s", strsignal(signum));
+  __atomic_store_n(&m->rt.stopping, 1, __ATOMIC_RELAXED);
+  px_log(PX_LOG_INFO, "ev=stopping signal=%s mode=%s", strsignal(signum),
+         now ? "now" : "drain");
+  px_metrics_stop(&m->metrics);
   for (unsigned i = 0; i < m->started; i++)
-    px_worker_stop(&m->rt.workers[i]);
-  for (size_t i = 0; i < PX_ARRAY_LEN(m->sig); i++)
-    uv_close((uv_handle_t *)&m->sig[i], NULL);
+    px_worker_stop(&m->rt.workers[i], now);
+  if (m->started == 0)
+    close_main_handles(m);
+}
+
+static void worker_done_cb(uv_async_t *a)
+{
+  struct px_main *m = a->data;
+  unsigned ended = 0;
+
+  /* Sends may coalesce: count the loops that have ended. */
+  for (unsigned i = 0; i < m->started; i++)
+    ended += __atomic_load_n(&m->rt.workers[i].done, __ATOMIC_ACQUIRE);
+  if (ended == m->started)
+    close_main_handles(m);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -302,10 +340,22 @@ int main(int argc, char **argv)
            rc == -ENOMEM ? "out of memory" : err);
     goto out;
   }
+  m.loop = uv_default_loop();
+  uv_async_init(m.loop, &m.worker_done, worker_done_cb);
+  m.worker_done.data = &m;
+  m.rt.worker_done = &m.worker_done;
+  if (m.rt.conf->metrics.host != NULL) {
+    const struct px_conf_hostport *hp = &m.rt.conf->metrics;
+    rc = px_metrics_start(&m.metrics, m.loop, &m.rt, hp);
+    if (rc < 0) {
+      px_log(PX_LOG_ERROR, "ev=start_failed err=\"%s:%d: metrics %s:%s: %s\"",
+             m.rt.conf->path, hp->line, hp->host, hp->port, uv_strerror(rc));
+      goto out;
+    }
+  }
   if (m.rt.conf->user != NULL && (rc = drop_privileges(m.rt.conf->user)) < 0)
     goto out;
 
-  m.loop = uv_default_loop();
   for (size_t i = 0; i < PX_ARRAY_LEN(signums); i++) {
     uv_signal_init(m.loop, &m.sig[i]);
     m.sig[i].data = &m;
@@ -330,9 +380,16 @@ int main(int argc, char **argv)
   for (unsigned k = 0; k < m.started; k++)
     uv_thread_join(&m.rt.workers[k].thread);
   uv_loop_close(m.loop);
+  m.loop = NULL;
   px_log(PX_LOG_INFO, "ev=stopped");
 
 out:
+  if (m.loop != NULL) {
+    /* Start-up failed before the loop ran: close what it holds. */
+    close_main_handles(&m);
+    uv_run(m.loop, UV_RUN_DEFAULT);
+    uv_loop_close(m.loop);
+  }
   free_runtime(&m.rt);
   px_log_close();
   pthread_mutex_destroy(&m.rt.mu);

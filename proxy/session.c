@@ -257,7 +257,9 @@ static void upstream_failed(struct px_session *s, const char *reason,
 {
   if (s->closing || s->draining)
     return;
-  s->w->ctr.upstream_errors_total++;
+  /* Each failed connect attempt was counted already. */
+  if (strcmp(reason, "upstream_unavailable") != 0)
+    PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
   if (!s->head_mid && (s->inflight > 0 || s->connecting || !s->up_ready))
     to_client_str(s, client_msg);
   finish(s, reason);
@@ -316,7 +318,7 @@ static void take_command(struct px_session *s, const char *line, size_t len)
 
   if (rc < 0) {
     s->errors++;
-    s->w->ctr.commands_rejected++;
+    PX_CTR_ADD(s->w->ctr.commands_rejected, 1);
     if (s->errors >= s->cl->max_errors) {
       push_local(s, "-ERR Too many invalid commands, closing\r\n", 1);
       s->quit = 1;
@@ -330,7 +332,7 @@ static void take_command(struct px_session *s, const char *line, size_t len)
     return;
   }
   s->ncmds++;
-  s->w->ctr.commands_total[c.id]++;
+  PX_CTR_ADD(s->w->ctr.commands_total[c.id], 1);
 
   switch (c.id) {
   case PX_CMD_STLS:
@@ -409,7 +411,7 @@ static size_t parse_lines(struct px_session *s, const char *buf, size_t buflen)
       if (rc == 0)
         break;
       if (rc < 0) {
-        s->w->ctr.commands_rejected++;
+        PX_CTR_ADD(s->w->ctr.commands_rejected, 1);
         to_client_str(s, "-ERR Line too long, closing\r\n");
         finish(s, "line_too_long");
         break;
@@ -424,7 +426,7 @@ static size_t parse_lines(struct px_session *s, const char *buf, size_t buflen)
     if (rc == 0)
       break;
     if (rc < 0) {
-      s->w->ctr.commands_rejected++;
+      PX_CTR_ADD(s->w->ctr.commands_rejected, 1);
       push_local(s, "-ERR Command line too long, closing\r\n", 1);
       s->quit = 1;
       off = buflen;
@@ -474,6 +476,7 @@ static void client_read(struct px_conn *c, const char *p, ssize_t n)
     return;
   }
   s->t_cli = now_ms(s);
+  PX_CTR_ADD(s->w->ctr.bytes_client_in, (uint64_t)n);
   if (s->draining)
     return;
   session_ref(s);
@@ -516,6 +519,7 @@ static void client_written(struct px_conn *c, int status)
     session_close(s, "client_error");
     return;
   }
+  PX_CTR_ADD(s->w->ctr.bytes_client_out, c->wdone);
   s->t_cli = now_ms(s);
   if (s->draining && px_conn_pending(&s->cli) == 0) {
     session_close(s, s->reason);
@@ -744,6 +748,7 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
     return;
   }
   s->t_up = now_ms(s);
+  PX_CTR_ADD(s->w->ctr.bytes_upstream_in, (uint64_t)n);
   left = (size_t)n;
 
   session_ref(s);
@@ -869,6 +874,7 @@ static void upstream_written(struct px_conn *c, int status)
                     "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
     return;
   }
+  PX_CTR_ADD(s->w->ctr.bytes_upstream_out, c->wdone);
   flush(s);
   update_reading(s);
 }
@@ -909,7 +915,7 @@ static void connect_cb(uv_connect_t *req, int status)
   if (status < 0) {
     px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
            "server=%s err=%s", s->id, s->up_str, uv_strerror(status));
-    s->w->ctr.upstream_errors_total++;
+    PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
     s->up_retry = 1;
     px_conn_close(&s->up);
     session_unref(&s);
@@ -991,7 +997,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_resolve_failed "
            "server=%s:%s err=%s", s->id, hp->host, hp->port,
            uv_strerror(status));
-    s->w->ctr.upstream_errors_total++;
+    PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
   } else {
     s->ai = res;
     s->ai_next = res;
@@ -1091,7 +1097,7 @@ static void timer_cb(uv_timer_t *t)
   case PX_DL_CONNECT:
     px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
            "server=%s err=\"timed out\"", s->id, s->up_str);
-    s->w->ctr.upstream_errors_total++;
+    PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
     if (s->up.open) {
       s->up_retry = 1;
       px_conn_close(&s->up);
@@ -1158,11 +1164,7 @@ static void session_close(struct px_session *s, const char *reason)
          s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-", s->ncmds,
          s->nmsgs, s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
 
-  w->ctr.bytes_client_in += s->cli.bytes_in;
-  w->ctr.bytes_client_out += s->cli.bytes_out;
-  w->ctr.bytes_upstream_in += s->up.bytes_in;
-  w->ctr.bytes_upstream_out += s->up.bytes_out;
-  w->ctr.connections_active--;
+  PX_CTR_ADD(w->ctr.connections_active, -1);
   if (s->counted)
     px_lrt_release(s->lrt, (const struct sockaddr *)&s->peer);
 
@@ -1240,12 +1242,12 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
     w->sessions->prev = s;
   w->sessions = s;
   w->nsessions++;
-  w->ctr.connections_total++;
-  w->ctr.connections_active++;
+  PX_CTR_ADD(w->ctr.connections_total, 1);
+  PX_CTR_ADD(w->ctr.connections_active, 1);
   s->t_start = s->t_cli = s->t_up = now_ms(s);
 
   if (px_lrt_acquire(l, s->cl, (const struct sockaddr *)&s->peer) < 0) {
-    w->ctr.connections_refused++;
+    PX_CTR_ADD(w->ctr.connections_refused, 1);
     px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=refused listener=%s "
            "client=%s reason=max_clients", s->id, s->cl->name, s->peer_str);
     to_client_str(s, "-ERR [SYS/TEMP] Too many connections, try again later\r\n");

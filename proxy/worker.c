@@ -43,6 +43,11 @@ static void wake_cb(uv_async_t *a)
   struct px_worker *w = a->data;
   struct px_conf *c;
 
+  if (w->stopping && __atomic_load_n(&w->abort_requested, __ATOMIC_ACQUIRE)) {
+    if (!w->ended)
+      uv_timer_start(&w->stop_timer, stop_timer_cb, 0, 0);
+    return;
+  }
   if (!__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE) || w->stopping)
     return;
   w->stopping = 1;
@@ -67,6 +72,8 @@ static void worker_main(void *arg)
   if (rc != 0)
     px_log(PX_LOG_ERROR, "ev=worker_exit worker=%u err=\"%s\"", w->idx,
            uv_strerror(rc));
+  __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+  uv_async_send(w->rt->worker_done);
 }
 
 int px_worker_start(struct px_worker *w)
@@ -89,8 +96,10 @@ int px_worker_start(struct px_worker *w)
   return uv_thread_create(&w->thread, worker_main, w);
 }
 
-void px_worker_stop(struct px_worker *w)
+void px_worker_stop(struct px_worker *w, int now)
 {
+  if (now)
+    __atomic_store_n(&w->abort_requested, 1, __ATOMIC_RELEASE);
   __atomic_store_n(&w->stop_requested, 1, __ATOMIC_RELEASE);
   uv_async_send(&w->wake);
 }

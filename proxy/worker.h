@@ -22,9 +22,14 @@
 struct px_session;
 struct px_iptab;
 
-/* Counters of one worker; summed over workers when read. Written only by
- * the worker's thread; read by others without a lock (torn reads of a
- * 64-bit counter do not happen on the platforms we build for). */
+/* Counters of one worker; summed over workers when read (metrics.c).
+ * Each has one writer, the worker's thread, so an update is a relaxed load
+ * and store (no locked instruction); readers use relaxed loads. */
+#define PX_CTR_ADD(field, n)                                                 \
+  __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) +  \
+                               (n), __ATOMIC_RELAXED)
+#define PX_CTR_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
 struct px_counters {
   uint64_t connections_total;
   uint64_t connections_refused;
@@ -54,6 +59,8 @@ struct px_runtime {
   struct px_lrt *lrt;             /* conf->nlisteners of them */
   struct px_worker *workers;
   unsigned nworkers;
+  int stopping;                   /* SIGTERM seen: /ready says 503 */
+  uv_async_t *worker_done;        /* on main's loop: a worker's loop ended */
 };
 
 struct px_worker {
@@ -67,6 +74,8 @@ struct px_worker {
   size_t nlsn;                    /* how many of them are initialized */
   int ended;                      /* wake and stop_timer are closing */
   int stop_requested;             /* set by main before waking */
+  int abort_requested;            /* a second signal: end sessions now */
+  int done;                       /* the loop has ended (read by main) */
   int stopping;
   struct px_session *sessions;    /* open sessions, a list */
   unsigned nsessions;
@@ -97,8 +106,9 @@ struct px_conf *px_runtime_conf(struct px_runtime *rt);
 /* worker.c */
 int px_worker_start(struct px_worker *w);
 /* Thread-safe: asks w to stop accepting and to end when its sessions have
- * ended or shutdown_timeout has passed. */
-void px_worker_stop(struct px_worker *w);
+ * ended or shutdown_timeout has passed; with now set, to end them at once.
+ * When its loop has ended, w sends rt->worker_done. */
+void px_worker_stop(struct px_worker *w, int now);
 /* Called by session.c when a session has closed. */
 void px_worker_session_gone(struct px_worker *w);
 
