@@ -1,0 +1,1433 @@
+/* test_conf.c - unit tests for proxy/conf.c (cmocka).
+ *
+ * Every key with good and bad values, the FILE:LINE of each kind of error,
+ * continuation lines, long lines, defaults, and the value parsers. Most
+ * cases load a small config from a string; a few go through a real file.
+ */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "conf.h"
+
+#define NAME "t.ini"
+
+/* A valid listener and upstream; tests add lines around them. */
+#define BASE_L "[listener:a]\nbind = 127.0.0.1:1100\nupstream = u\n"
+#define BASE_U "[upstream:u]\nserver = 127.0.0.1:1101\n"
+
+static char err[8192];
+
+static struct px_conf *load_ok(const char *text)
+{
+  struct px_conf *c = NULL;
+  int rc = px_conf_load_string(NAME, text, &c, err, sizeof err);
+
+  if (rc != 0)
+    print_error("unexpected errors:\n%s", err);
+  assert_int_equal(rc, 0);
+  assert_non_null(c);
+  assert_string_equal(err, "");
+  return c;
+}
+
+static int count_lines(const char *s)
+{
+  int n = 0;
+
+  for (; *s != '\0'; s++)
+    n += *s == '\n';
+  return n;
+}
+
+/* Loads text, expects failure, and that err holds the whole line want
+ * (FILE:LINE: message). */
+static void expect_err_line(const char *text, const char *want)
+{
+  struct px_conf *c = (struct px_conf *)1;
+  char line[1024], hay[sizeof err + 2];
+  int rc = px_conf_load_string(NAME, text, &c, err, sizeof err);
+
+  assert_int_equal(rc, -EINVAL);
+  assert_null(c);
+  snprintf(line, sizeof line, "\n%s\n", want);
+  snprintf(hay, sizeof hay, "\n%s", err);
+  if (strstr(hay, line) == NULL)
+    print_error("wanted: %s\ngot:\n%s", want, err);
+  assert_non_null(strstr(hay, line));
+}
+
+/* Same, and that it is the only error. */
+static void expect_only_err(const char *text, const char *want)
+{
+  expect_err_line(text, want);
+  if (count_lines(err) != 1)
+    print_error("more than one error:\n%s", err);
+  assert_int_equal(count_lines(err), 1);
+}
+
+/* ---- value parsers ---- */
+
+static void test_parse_duration(void **state)
+{
+  static const struct { const char *s; uint64_t ms; } good[] = {
+    { "0", 0 },           { "30", 30000 },     { "30s", 30000 },
+    { "500ms", 500 },     { "10m", 600000 },   { "2h", 7200000 },
+    { "007s", 7000 },     { "0ms", 0 },
+    { "18446744073709551615ms", UINT64_MAX },
+    { "5124095576030h", UINT64_C(5124095576030) * 3600000 },
+  };
+  static const char *const bad[] = {
+    "", "s", "ms", "-1", "+1", " 1", "1 ", "1 s", "1.5s", "1S", "10M", "1d",
+    "1hm", "1sm", "0x10", "1e3", "abc", "10x",
+    "18446744073709551616",   /* 2^64 */
+    "18446744073709551615s",  /* overflows on the multiplication */
+    "5124095576031h",
+    "99999999999999999999999999999999",
+  };
+  uint64_t ms;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof good / sizeof *good; i++) {
+    ms = 12345;
+    assert_int_equal(px_conf_parse_duration(good[i].s, &ms), 0);
+    assert_true(ms == good[i].ms);
+  }
+  for (i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ms = 12345;
+    if (px_conf_parse_duration(bad[i], &ms) != -EINVAL)
+      print_error("accepted \"%s\"\n", bad[i]);
+    assert_int_equal(px_conf_parse_duration(bad[i], &ms), -EINVAL);
+    assert_true(ms == 12345);
+  }
+  assert_int_equal(px_conf_parse_duration(NULL, &ms), -EINVAL);
+}
+
+static void test_parse_size(void **state)
+{
+  static const struct { const char *s; uint64_t b; } good[] = {
+    { "0", 0 },          { "512", 512 },             { "64K", 65536 },
+    { "64k", 65536 },    { "1M", 1048576 },          { "1m", 1048576 },
+    { "2G", UINT64_C(2147483648) }, { "2g", UINT64_C(2147483648) },
+    { "18446744073709551615", UINT64_MAX },
+    { "17179869183G", UINT64_C(17179869183) << 30 },
+  };
+  static const char *const bad[] = {
+    "", "K", "-1", "+1", " 1", "1 K", "64KB", "1T", "1.5M", "1b", "0x10",
+    "18446744073709551616", "17179869184G", "18014398509481984K",
+  };
+  uint64_t b;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof good / sizeof *good; i++) {
+    b = 1;
+    assert_int_equal(px_conf_parse_size(good[i].s, &b), 0);
+    assert_true(b == good[i].b);
+  }
+  for (i = 0; i < sizeof bad / sizeof *bad; i++) {
+    if (px_conf_parse_size(bad[i], &b) != -EINVAL)
+      print_error("accepted \"%s\"\n", bad[i]);
+    assert_int_equal(px_conf_parse_size(bad[i], &b), -EINVAL);
+  }
+}
+
+static void test_parse_bool(void **state)
+{
+  static const char *const yes[] = { "yes", "on", "true", "1", "YES", "On" };
+  static const char *const no[] = { "no", "off", "false", "0", "No", "OFF" };
+  static const char *const bad[] = { "", "y", "n", "2", "yess", " yes" };
+  size_t i;
+  int b;
+
+  (void)state;
+  for (i = 0; i < sizeof yes / sizeof *yes; i++) {
+    b = 0;
+    assert_int_equal(px_conf_parse_bool(yes[i], &b), 0);
+    assert_int_equal(b, 1);
+  }
+  for (i = 0; i < sizeof no / sizeof *no; i++) {
+    b = 1;
+    assert_int_equal(px_conf_parse_bool(no[i], &b), 0);
+    assert_int_equal(b, 0);
+  }
+  for (i = 0; i < sizeof bad / sizeof *bad; i++)
+    assert_int_equal(px_conf_parse_bool(bad[i], &b), -EINVAL);
+}
+
+static void test_parse_hostport(void **state)
+{
+  static const struct { const char *s, *host, *port; } good[] = {
+    { "127.0.0.1:110", "127.0.0.1", "110" },
+    { "0.0.0.0:995", "0.0.0.0", "995" },
+    { "[::1]:110", "::1", "110" },
+    { "[::]:995", "::", "995" },
+    { "[2001:db8::5]:65535", "2001:db8::5", "65535" },
+    { "mail1.example:110", "mail1.example", "110" },
+    { "localhost:1", "localhost", "1" },
+    { "a_b-c.d:00110", "a_b-c.d", "110" },
+  };
+  static const char *const bad[] = {
+    "", ":110", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536",
+    "127.0.0.1:99999999999999999999999", "127.0.0.1:-1", "127.0.0.1:+1",
+    "127.0.0.1:11 0", "127.0.0.1:110x", "::1:110", "[::1]", "[::1]110",
+    "[::1:110", "[]:110", "[1.2.3.4]:110", "[::g]:110", "*:110",
+    "1.2.3.999:110", "1.2.3:110", "bad host:110", "bad!:110", "-x:110",
+    ".x:110", " 127.0.0.1:110",
+  };
+  char *host, *port;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof good / sizeof *good; i++) {
+    assert_int_equal(px_conf_parse_hostport(good[i].s, &host, &port), 0);
+    assert_string_equal(host, good[i].host);
+    assert_string_equal(port, good[i].port);
+    free(host);
+    free(port);
+  }
+  for (i = 0; i < sizeof bad / sizeof *bad; i++) {
+    host = port = (char *)1;
+    if (px_conf_parse_hostport(bad[i], &host, &port) != -EINVAL)
+      print_error("accepted \"%s\"\n", bad[i]);
+    assert_int_equal(px_conf_parse_hostport(bad[i], &host, &port), -EINVAL);
+    assert_null(host);
+    assert_null(port);
+  }
+}
+
+/* ---- defaults and a complete file ---- */
+
+static void test_defaults(void **state)
+{
+  struct px_conf *c = load_ok(BASE_L BASE_U);
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  struct px_conf_listener *l;
+  struct px_conf_upstream *u;
+
+  (void)state;
+  assert_int_equal(c->refs, 1);
+  assert_string_equal(c->path, NAME);
+  assert_int_equal(c->workers, cpus < 1 ? 1 : cpus > 256 ? 256 : cpus);
+  assert_null(c->user);
+  assert_int_equal(c->log_target, PX_LOGT_STDERR);
+  assert_null(c->log_path);
+  assert_int_equal(c->log_level, PX_LOG_INFO);
+  assert_true(c->shutdown_timeout_ms == 30000);
+  assert_null(c->metrics.host);
+  assert_null(c->metrics.port);
+
+  assert_int_equal(c->nlisteners, 1);
+  l = &c->listeners[0];
+  assert_string_equal(l->name, "a");
+  assert_int_equal(l->line, 1);
+  assert_string_equal(l->bind.host, "127.0.0.1");
+  assert_string_equal(l->bind.port, "1100");
+  assert_int_equal(l->bind.line, 2);
+  assert_int_equal(l->tls, PX_TLS_OFF);
+  assert_string_equal(l->upstream_name, "u");
+  assert_ptr_equal(l->upstream, &c->upstreams[0]);
+  assert_int_equal(l->max_clients, 10000);
+  assert_int_equal(l->max_clients_per_ip, 50);
+  assert_true(l->idle_timeout_ms == 600000);
+  assert_true(l->login_timeout_ms == 180000);
+  assert_int_equal(l->max_errors, 10);
+
+  assert_int_equal(c->nupstreams, 1);
+  u = &c->upstreams[0];
+  assert_string_equal(u->name, "u");
+  assert_int_equal(u->line, 4);
+  assert_int_equal(u->nservers, 1);
+  assert_string_equal(u->servers[0].host, "127.0.0.1");
+  assert_string_equal(u->servers[0].port, "1101");
+  assert_int_equal(u->servers[0].line, 5);
+  assert_int_equal(u->tls, PX_TLS_OFF);
+  assert_true(u->connect_timeout_ms == 10000);
+  assert_true(u->timeout_ms == 600000);
+  assert_int_equal(u->max_response_line, 1024);
+  px_conf_unref(&c);
+  assert_null(c);
+}
+
+/* The configuration from the team spec, every key set. */
+static void test_full_file(void **state)
+{
+  struct px_conf *c = load_ok(
+    "[popgate]\n"
+    "workers = 1                 ; or auto\n"
+    "user = popgate\n"
+    "log = /tmp/x/popgate.log    ; stderr | syslog | path\n"
+    "log_level = debug           ; error|warn|info|debug\n"
+    "shutdown_timeout = 5s\n"
+    "metrics = 127.0.0.1:9110\n"
+    "\n"
+    "[listener:plain]\n"
+    "bind = [::1]:1100           ; or [::1]:PORT\n"
+    "tls = off\n"
+    "upstream = dovecot\n"
+    "max_clients = 200\n"
+    "max_clients_per_ip = 0\n"
+    "idle_timeout = 30m\n"
+    "login_timeout = 90s\n"
+    "max_errors = 3\n"
+    "\n"
+    "[upstream:dovecot]\n"
+    "server = 127.0.0.1:1101     ; repeatable\n"
+    "server = mail.example:110\n"
+    "tls = off\n"
+    "connect_timeout = 500ms\n"
+    "timeout = 2h\n"
+    "max_response_line = 2K\n"
+    "\n"
+    "[upstream:spare]\n"
+    "server = [2001:db8::1]:110\n");
+  struct px_conf_listener *l = &c->listeners[0];
+  struct px_conf_upstream *u = &c->upstreams[0];
+
+  (void)state;
+  assert_int_equal(c->workers, 1);
+  assert_string_equal(c->user, "popgate");
+  assert_int_equal(c->log_target, PX_LOGT_FILE);
+  assert_string_equal(c->log_path, "/tmp/x/popgate.log");
+  assert_int_equal(c->log_level, PX_LOG_DEBUG);
+  assert_true(c->shutdown_timeout_ms == 5000);
+  assert_string_equal(c->metrics.host, "127.0.0.1");
+  assert_string_equal(c->metrics.port, "9110");
+  assert_int_equal(c->metrics.line, 7);
+
+  assert_int_equal(c->nlisteners, 1);
+  assert_string_equal(l->name, "plain");
+  assert_int_equal(l->line, 9);
+  assert_string_equal(l->bind.host, "::1");
+  assert_string_equal(l->bind.port, "1100");
+  assert_ptr_equal(l->upstream, u);
+  assert_int_equal(l->max_clients, 200);
+  assert_int_equal(l->max_clients_per_ip, 0);
+  assert_true(l->idle_timeout_ms == 1800000);
+  assert_true(l->login_timeout_ms == 90000);
+  assert_int_equal(l->max_errors, 3);
+
+  assert_int_equal(c->nupstreams, 2);
+  assert_string_equal(u->name, "dovecot");
+  assert_int_equal(u->nservers, 2);
+  assert_string_equal(u->servers[0].host, "127.0.0.1");
+  assert_int_equal(u->servers[0].line, 20);
+  assert_string_equal(u->servers[1].host, "mail.example");
+  assert_string_equal(u->servers[1].port, "110");
+  assert_int_equal(u->servers[1].line, 21);
+  assert_true(u->connect_timeout_ms == 500);
+  assert_true(u->timeout_ms == 7200000);
+  assert_int_equal(u->max_response_line, 2048);
+  assert_string_equal(c->upstreams[1].name, "spare");
+  assert_string_equal(c->upstreams[1].servers[0].host, "2001:db8::1");
+  px_conf_unref(&c);
+}
+
+/* ---- every key: good values ---- */
+
+enum { K_MAIN = 0, K_LISTENER, K_UPSTREAM };
+enum { T_UINT = 0, T_U64, T_SIZE, T_ENUM };
+
+/* Text with extra in the given section; extra starts at line 2 (main),
+ * 4 (listener) or 6 (upstream). */
+static const char *with(char *buf, size_t n, int kind, const char *extra)
+{
+  if (kind == K_MAIN)
+    snprintf(buf, n, "[popgate]\n%s\n" BASE_L BASE_U, extra);
+  else if (kind == K_LISTENER)
+    snprintf(buf, n, BASE_L "%s\n" BASE_U, extra);
+  else
+    snprintf(buf, n, BASE_L BASE_U "%s\n", extra);
+  return buf;
+}
+
+static void test_good_values(void **state)
+{
+#define MO(f) offsetof(struct px_conf, f)
+#define LO(f) offsetof(struct px_conf_listener, f)
+#define UO(f) offsetof(struct px_conf_upstream, f)
+  static const struct {
+    int kind;
+    const char *line;
+    size_t off;
+    int type;
+    uint64_t want;
+  } cases[] = {
+    { K_MAIN, "workers = 1", MO(workers), T_UINT, 1 },
+    { K_MAIN, "workers = 256", MO(workers), T_UINT, 256 },
+    { K_MAIN, "workers = 007", MO(workers), T_UINT, 7 },
+    { K_MAIN, "log_level = error", MO(log_level), T_ENUM, PX_LOG_ERROR },
+    { K_MAIN, "log_level = warn", MO(log_level), T_ENUM, PX_LOG_WARN },
+    { K_MAIN, "log_level = info", MO(log_level), T_ENUM, PX_LOG_INFO },
+    { K_MAIN, "log_level = debug", MO(log_level), T_ENUM, PX_LOG_DEBUG },
+    { K_MAIN, "log_level = DEBUG", MO(log_level), T_ENUM, PX_LOG_DEBUG },
+    { K_MAIN, "log = stderr", MO(log_target), T_ENUM, PX_LOGT_STDERR },
+    { K_MAIN, "log = syslog", MO(log_target), T_ENUM, PX_LOGT_SYSLOG },
+    { K_MAIN, "log = /var/log/popgate.log", MO(log_target), T_ENUM,
+      PX_LOGT_FILE },
+    { K_MAIN, "shutdown_timeout = 0", MO(shutdown_timeout_ms), T_U64, 0 },
+    { K_MAIN, "shutdown_timeout = 5s", MO(shutdown_timeout_ms), T_U64, 5000 },
+    { K_MAIN, "shutdown_timeout = 2", MO(shutdown_timeout_ms), T_U64, 2000 },
+    { K_MAIN, "shutdown_timeout = 500ms", MO(shutdown_timeout_ms), T_U64,
+      500 },
+    { K_MAIN, "shutdown_timeout = 24h", MO(shutdown_timeout_ms), T_U64,
+      86400000 },
+    { K_LISTENER, "tls = off", LO(tls), T_ENUM, PX_TLS_OFF },
+    { K_LISTENER, "tls = OFF", LO(tls), T_ENUM, PX_TLS_OFF },
+    { K_LISTENER, "max_clients = 1", LO(max_clients), T_UINT, 1 },
+    { K_LISTENER, "max_clients = 1000000", LO(max_clients), T_UINT, 1000000 },
+    { K_LISTENER, "max_clients_per_ip = 0", LO(max_clients_per_ip), T_UINT,
+      0 },
+    { K_LISTENER, "max_clients_per_ip = 7", LO(max_clients_per_ip), T_UINT,
+      7 },
+    { K_LISTENER, "idle_timeout = 10m", LO(idle_timeout_ms), T_U64, 600000 },
+    { K_LISTENER, "idle_timeout = 600", LO(idle_timeout_ms), T_U64, 600000 },
+    { K_LISTENER, "idle_timeout = 600000ms", LO(idle_timeout_ms), T_U64,
+      600000 },
+    { K_LISTENER, "idle_timeout = 2h", LO(idle_timeout_ms), T_U64, 7200000 },
+    { K_LISTENER, "idle_timeout = 24h", LO(idle_timeout_ms), T_U64,
+      86400000 },
+    { K_LISTENER, "login_timeout = 1s", LO(login_timeout_ms), T_U64, 1000 },
+    { K_LISTENER, "login_timeout = 90", LO(login_timeout_ms), T_U64, 90000 },
+    { K_LISTENER, "max_errors = 1", LO(max_errors), T_UINT, 1 },
+    { K_LISTENER, "max_errors = 1000", LO(max_errors), T_UINT, 1000 },
+    { K_UPSTREAM, "tls = off", UO(tls), T_ENUM, PX_TLS_OFF },
+    { K_UPSTREAM, "connect_timeout = 100ms", UO(connect_timeout_ms), T_U64,
+      100 },
+    { K_UPSTREAM, "connect_timeout = 1h", UO(connect_timeout_ms), T_U64,
+      3600000 },
+    { K_UPSTREAM, "connect_timeout = 5", UO(connect_timeout_ms), T_U64,
+      5000 },
+    { K_UPSTREAM, "timeout = 1s", UO(timeout_ms), T_U64, 1000 },
+    { K_UPSTREAM, "timeout = 24h", UO(timeout_ms), T_U64, 86400000 },
+    { K_UPSTREAM, "max_response_line = 512", UO(max_response_line), T_SIZE,
+      512 },
+    { K_UPSTREAM, "max_response_line = 1K", UO(max_response_line), T_SIZE,
+      1024 },
+    { K_UPSTREAM, "max_response_line = 64K", UO(max_response_line), T_SIZE,
+      65536 },
+    { K_UPSTREAM, "max_response_line = 65536", UO(max_response_line), T_SIZE,
+      65536 },
+  };
+#undef MO
+#undef LO
+#undef UO
+  char buf[1024];
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof *cases; i++) {
+    struct px_conf *c = load_ok(with(buf, sizeof buf, cases[i].kind,
+                                     cases[i].line));
+    char *base = cases[i].kind == K_MAIN       ? (char *)c
+                 : cases[i].kind == K_LISTENER ? (char *)&c->listeners[0]
+                                               : (char *)&c->upstreams[0];
+    uint64_t got = 0;
+    switch (cases[i].type) {
+    case T_UINT:
+      got = *(unsigned *)(void *)(base + cases[i].off);
+      break;
+    case T_U64:
+      got = *(uint64_t *)(void *)(base + cases[i].off);
+      break;
+    case T_SIZE:
+      got = *(size_t *)(void *)(base + cases[i].off);
+      break;
+    default:
+      got = (uint64_t) * (int *)(void *)(base + cases[i].off);
+      break;
+    }
+    if (got != cases[i].want)
+      print_error("%s: got %llu\n", cases[i].line, (unsigned long long)got);
+    assert_true(got == cases[i].want);
+    px_conf_unref(&c);
+  }
+}
+
+static void test_string_values(void **state)
+{
+  char buf[1024];
+  struct px_conf *c;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+  (void)state;
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "workers = auto"));
+  assert_int_equal(c->workers, cpus < 1 ? 1 : cpus > 256 ? 256 : cpus);
+  px_conf_unref(&c);
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "workers = AUTO"));
+  px_conf_unref(&c);
+
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "user = popgate"));
+  assert_string_equal(c->user, "popgate");
+  px_conf_unref(&c);
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "user = mail_1.x-y"));
+  assert_string_equal(c->user, "mail_1.x-y");
+  px_conf_unref(&c);
+
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "log = /var/log/pop gate.log"));
+  assert_int_equal(c->log_target, PX_LOGT_FILE);
+  assert_string_equal(c->log_path, "/var/log/pop gate.log");
+  px_conf_unref(&c);
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "log = SysLog"));
+  assert_int_equal(c->log_target, PX_LOGT_SYSLOG);
+  assert_null(c->log_path);
+  px_conf_unref(&c);
+
+  c = load_ok(with(buf, sizeof buf, K_MAIN, "metrics = [::1]:9110"));
+  assert_string_equal(c->metrics.host, "::1");
+  assert_string_equal(c->metrics.port, "9110");
+  assert_int_equal(c->metrics.line, 2);
+  px_conf_unref(&c);
+
+  c = load_ok("[listener:x.y-Z_9]\nbind = [::]:995\nupstream = up.1\n"
+              "[upstream:up.1]\nserver = mail1.example:110\n");
+  assert_string_equal(c->listeners[0].name, "x.y-Z_9");
+  assert_string_equal(c->listeners[0].bind.host, "::");
+  assert_string_equal(c->listeners[0].bind.port, "995");
+  assert_string_equal(c->listeners[0].upstream->name, "up.1");
+  px_conf_unref(&c);
+
+  /* Upstream defined before the listener that names it; two listeners
+   * sharing one upstream; names are case-sensitive. */
+  c = load_ok("[upstream:U]\nserver = 10.0.0.1:110\n"
+              "[upstream:u]\nserver = 10.0.0.2:110\n"
+              "[listener:one]\nbind = 0.0.0.0:110\nupstream = u\n"
+              "[listener:two]\nbind = 0.0.0.0:111\nupstream = u\n");
+  assert_int_equal(c->nlisteners, 2);
+  assert_ptr_equal(c->listeners[0].upstream, &c->upstreams[1]);
+  assert_ptr_equal(c->listeners[1].upstream, &c->upstreams[1]);
+  px_conf_unref(&c);
+}
+
+/* "key = value ; comment" works with inih's rule: ";" after whitespace;
+ * anything else stays in the value. */
+static void test_inline_comments(void **state)
+{
+  (void)state;
+  /* No space before ";": part of the value. */
+  expect_only_err("[listener:a]\nbind = 1.2.3.4:110;comment\nupstream = u\n"
+                  BASE_U,
+                  NAME ":2: bad address \"1.2.3.4:110;comment\" for bind: "
+                  "the port must be a number from 1 to 65535");
+  /* "#" starts no inline comment; the message says so. */
+  expect_only_err(BASE_L "max_errors = 5 # five\n" BASE_U,
+                  NAME ":4: bad number \"5 # five\" for max_errors (use a "
+                  "whole number from 1 to 1000) (inline comments start "
+                  "with \";\" after a space, not \"#\")");
+}
+
+static void test_inline_comment_values(void **state)
+{
+  struct px_conf *c;
+
+  (void)state;
+  c = load_ok("[listener:a]\nbind = 1.2.3.4:110 ; comment\n"
+              "upstream = u\t;tab comment\n"
+              "[upstream:u] ; header comment\nserver = 1.2.3.5:110 ;\n");
+  assert_string_equal(c->listeners[0].bind.host, "1.2.3.4");
+  assert_string_equal(c->listeners[0].bind.port, "110");
+  assert_string_equal(c->listeners[0].upstream_name, "u");
+  assert_string_equal(c->upstreams[0].servers[0].host, "1.2.3.5");
+  px_conf_unref(&c);
+}
+
+/* ---- every key: bad values, one precise error each ---- */
+
+static void test_bad_values(void **state)
+{
+  static const struct {
+    int kind;
+    const char *line;
+    const char *msg;
+  } cases[] = {
+    { K_MAIN, "workers = 0",
+      "workers = 0 is out of range (use auto or 1..256)" },
+    { K_MAIN, "workers = 257",
+      "workers = 257 is out of range (use auto or 1..256)" },
+    { K_MAIN, "workers = -1",
+      "bad value \"-1\" for workers (use auto or a number from 1 to 256)" },
+    { K_MAIN, "workers = +1",
+      "bad value \"+1\" for workers (use auto or a number from 1 to 256)" },
+    { K_MAIN, "workers = 1.5",
+      "bad value \"1.5\" for workers (use auto or a number from 1 to 256)" },
+    { K_MAIN, "workers = automatic",
+      "bad value \"automatic\" for workers (use auto or a number from 1 to "
+      "256)" },
+    { K_MAIN, "workers = 99999999999999999999999",
+      "bad value \"99999999999999999999999\" for workers (use auto or a "
+      "number from 1 to 256)" },
+    { K_MAIN, "workers = 4294967297",
+      "workers = 4294967297 is out of range (use auto or 1..256)" },
+    { K_MAIN, "user =", "empty value for user" },
+    { K_MAIN, "user = pop gate",
+      "bad value \"pop gate\" for user (use a user name such as popgate)" },
+    { K_MAIN, "user = -x",
+      "bad value \"-x\" for user (use a user name such as popgate)" },
+    { K_MAIN, "user = root:root",
+      "bad value \"root:root\" for user (use a user name such as popgate)" },
+    { K_MAIN, "log = popgate.log",
+      "bad value \"popgate.log\" for log (use stderr, syslog or an "
+      "absolute file path)" },
+    { K_MAIN, "log = /var/log/",
+      "bad value \"/var/log/\" for log (use stderr, syslog or an absolute "
+      "file path)" },
+    { K_MAIN, "log = journald",
+      "bad value \"journald\" for log (use stderr, syslog or an absolute "
+      "file path)" },
+    { K_MAIN, "log_level = verbose",
+      "bad value \"verbose\" for log_level (use error, warn, info or "
+      "debug)" },
+    { K_MAIN, "log_level = warning",
+      "bad value \"warning\" for log_level (use error, warn, info or "
+      "debug)" },
+    { K_MAIN, "shutdown_timeout = 25h",
+      "shutdown_timeout = 25h is out of range (0s..24h)" },
+    { K_MAIN, "shutdown_timeout = 10x",
+      "bad duration \"10x\" for shutdown_timeout (use e.g. 30s, 10m, 1h)" },
+    { K_MAIN, "shutdown_timeout = 99999999999999999999",
+      "bad duration \"99999999999999999999\" for shutdown_timeout (use e.g. "
+      "30s, 10m, 1h)" },
+    { K_MAIN, "shutdown_timeout = -1s",
+      "bad duration \"-1s\" for shutdown_timeout (use e.g. 30s, 10m, 1h)" },
+    { K_MAIN, "metrics = localhost:9110",
+      "bad address \"localhost:9110\" for metrics: the host must be an IP "
+      "address, such as 127.0.0.1, 0.0.0.0, [::1] or [::]" },
+    { K_MAIN, "metrics = 127.0.0.1",
+      "bad address \"127.0.0.1\" for metrics: missing \":PORT\"" },
+    { K_MAIN, "metrics = 127.0.0.1:0",
+      "bad address \"127.0.0.1:0\" for metrics: the port must be a number "
+      "from 1 to 65535" },
+    { K_MAIN, "metrics = 9110",
+      "bad address \"9110\" for metrics: missing \":PORT\"" },
+
+    { K_LISTENER, "tls = starttls",
+      "tls = starttls: not supported yet by this build (only off)" },
+    { K_LISTENER, "tls = implicit",
+      "tls = implicit: not supported yet by this build (only off)" },
+    { K_LISTENER, "tls = Implicit",
+      "tls = implicit: not supported yet by this build (only off)" },
+    { K_LISTENER, "tls = maybe",
+      "bad value \"maybe\" for tls (use off, starttls or implicit)" },
+    { K_LISTENER, "tls = no",
+      "bad value \"no\" for tls (use off, starttls or implicit)" },
+    { K_LISTENER, "tls =", "empty value for tls" },
+    { K_LISTENER, "max_clients = 0",
+      "max_clients = 0 is out of range (1..1000000)" },
+    { K_LISTENER, "max_clients = 1000001",
+      "max_clients = 1000001 is out of range (1..1000000)" },
+    { K_LISTENER, "max_clients = ten",
+      "bad number \"ten\" for max_clients (use a whole number from 1 to "
+      "1000000)" },
+    { K_LISTENER, "max_clients = 18446744073709551616",
+      "bad number \"18446744073709551616\" for max_clients (use a whole "
+      "number from 1 to 1000000)" },
+    { K_LISTENER, "max_clients_per_ip = 1000001",
+      "max_clients_per_ip = 1000001 is out of range (0..1000000)" },
+    { K_LISTENER, "max_clients_per_ip = -1",
+      "bad number \"-1\" for max_clients_per_ip (use a whole number from 0 "
+      "to 1000000)" },
+    { K_LISTENER, "idle_timeout = 9m",
+      "idle_timeout = 9m is below 10m: RFC 1939 section 3 requires an "
+      "autologout timer of at least 10 minutes" },
+    { K_LISTENER, "idle_timeout = 599s",
+      "idle_timeout = 599s is below 10m: RFC 1939 section 3 requires an "
+      "autologout timer of at least 10 minutes" },
+    { K_LISTENER, "idle_timeout = 0",
+      "idle_timeout = 0 is below 10m: RFC 1939 section 3 requires an "
+      "autologout timer of at least 10 minutes" },
+    { K_LISTENER, "idle_timeout = 10x",
+      "bad duration \"10x\" for idle_timeout (use e.g. 30s, 10m, 1h)" },
+    { K_LISTENER, "idle_timeout = 10 m",
+      "bad duration \"10 m\" for idle_timeout (use e.g. 30s, 10m, 1h)" },
+    { K_LISTENER, "idle_timeout = 25h",
+      "idle_timeout = 25h is out of range (10m..24h)" },
+    { K_LISTENER, "login_timeout = 500ms",
+      "login_timeout = 500ms is out of range (1s..24h)" },
+    { K_LISTENER, "login_timeout = 1d",
+      "bad duration \"1d\" for login_timeout (use e.g. 30s, 10m, 1h)" },
+    { K_LISTENER, "max_errors = 0",
+      "max_errors = 0 is out of range (1..1000)" },
+    { K_LISTENER, "max_errors = 1001",
+      "max_errors = 1001 is out of range (1..1000)" },
+    { K_LISTENER, "max_errors = 1e3",
+      "bad number \"1e3\" for max_errors (use a whole number from 1 to "
+      "1000)" },
+
+    { K_UPSTREAM, "tls = implicit",
+      "tls = implicit: not supported yet by this build (only off)" },
+    { K_UPSTREAM, "tls = starttls",
+      "tls = starttls: not supported yet by this build (only off)" },
+    { K_UPSTREAM, "tls = ssl",
+      "bad value \"ssl\" for tls (use off, starttls or implicit)" },
+    { K_UPSTREAM, "connect_timeout = 99ms",
+      "connect_timeout = 99ms is out of range (100ms..1h)" },
+    { K_UPSTREAM, "connect_timeout = 2h",
+      "connect_timeout = 2h is out of range (100ms..1h)" },
+    { K_UPSTREAM, "connect_timeout = fast",
+      "bad duration \"fast\" for connect_timeout (use e.g. 30s, 10m, 1h)" },
+    { K_UPSTREAM, "timeout = 0", "timeout = 0 is out of range (1s..24h)" },
+    { K_UPSTREAM, "timeout = 1.5h",
+      "bad duration \"1.5h\" for timeout (use e.g. 30s, 10m, 1h)" },
+    { K_UPSTREAM, "max_response_line = 511",
+      "max_response_line = 511 is out of range (512..64K)" },
+    { K_UPSTREAM, "max_response_line = 65537",
+      "max_response_line = 65537 is out of range (512..64K)" },
+    { K_UPSTREAM, "max_response_line = 1M",
+      "max_response_line = 1M is out of range (512..64K)" },
+    { K_UPSTREAM, "max_response_line = 64KB",
+      "bad size \"64KB\" for max_response_line (use e.g. 512, 64K, 1M)" },
+    { K_UPSTREAM, "max_response_line = 18446744073709551616",
+      "bad size \"18446744073709551616\" for max_response_line (use e.g. "
+      "512, 64K, 1M)" },
+    { K_UPSTREAM, "max_response_line = 17179869184G",
+      "bad size \"17179869184G\" for max_response_line (use e.g. 512, 64K, "
+      "1M)" },
+    { K_UPSTREAM, "server = mail.example",
+      "bad address \"mail.example\" for server: missing \":PORT\"" },
+    { K_UPSTREAM, "server = 1.2.3.999:110",
+      "bad address \"1.2.3.999:110\" for server: bad host name" },
+    { K_UPSTREAM, "server = bad!host:110",
+      "bad address \"bad!host:110\" for server: bad host name" },
+    { K_UPSTREAM, "server = ::1:110",
+      "bad address \"::1:110\" for server: an IPv6 address needs brackets, "
+      "as in [::1]:110" },
+    { K_UPSTREAM, "server = [::1]",
+      "bad address \"[::1]\" for server: missing \":PORT\" after \"]\"" },
+    { K_UPSTREAM, "server = [::x]:110",
+      "bad address \"[::x]:110\" for server: bad IPv6 address in brackets" },
+    { K_UPSTREAM, "server = [::1:110",
+      "bad address \"[::1:110\" for server: missing \"]\" after the IPv6 "
+      "address" },
+    { K_UPSTREAM, "server = mail:65536",
+      "bad address \"mail:65536\" for server: the port must be a number "
+      "from 1 to 65535" },
+  };
+  char buf[1024], want[1024];
+  size_t i;
+  static const int line[] = { 2, 4, 6 };
+
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof *cases; i++) {
+    snprintf(want, sizeof want, NAME ":%d: %s", line[cases[i].kind],
+             cases[i].msg);
+    expect_only_err(with(buf, sizeof buf, cases[i].kind, cases[i].line),
+                    want);
+  }
+}
+
+/* bind and upstream are required, so they get their own frames. */
+static void test_bad_bind_and_ref(void **state)
+{
+  (void)state;
+  expect_only_err("[listener:a]\nbind = localhost:110\nupstream = u\n" BASE_U,
+                  NAME ":2: bad address \"localhost:110\" for bind: the host "
+                  "must be an IP address, such as 127.0.0.1, 0.0.0.0, [::1] "
+                  "or [::]");
+  expect_only_err("[listener:a]\nbind = *:110\nupstream = u\n" BASE_U,
+                  NAME ":2: bad address \"*:110\" for bind: \"*\" is not "
+                  "supported: use 0.0.0.0 or [::]");
+  expect_only_err("[listener:a]\nbind = 127.0.0.1:65536\nupstream = u\n"
+                  BASE_U,
+                  NAME ":2: bad address \"127.0.0.1:65536\" for bind: the "
+                  "port must be a number from 1 to 65535");
+  expect_only_err("[listener:a]\nbind = ::1:110\nupstream = u\n" BASE_U,
+                  NAME ":2: bad address \"::1:110\" for bind: an IPv6 "
+                  "address needs brackets, as in [::1]:110");
+  expect_only_err("[listener:a]\nbind =\nupstream = u\n" BASE_U,
+                  NAME ":2: empty value for bind");
+  expect_only_err("[listener:a]\nbind = 127.0.0.1:110\nupstream = bad name\n"
+                  BASE_U,
+                  NAME ":3: bad value \"bad name\" for upstream (the NAME of "
+                  "an [upstream:NAME] section)");
+}
+
+/* ---- the FILE:LINE of each kind of error ---- */
+
+static void test_err_unknown_section(void **state)
+{
+  (void)state;
+  expect_only_err(BASE_L BASE_U "\n[weird]\nfoo = 1\n",
+                  NAME ":7: unknown section [weird] (use [popgate], "
+                  "[listener:NAME] or [upstream:NAME])");
+  expect_only_err(BASE_L BASE_U "[pop:gate]\nx = 1\n",
+                  NAME ":6: unknown section [pop:gate] (use [popgate], "
+                  "[listener:NAME] or [upstream:NAME])");
+  expect_only_err(BASE_L BASE_U "[Popgate]\n",
+                  NAME ":6: unknown section [Popgate] (use [popgate], "
+                  "[listener:NAME] or [upstream:NAME])");
+  expect_only_err(BASE_L BASE_U "[filter:clam]\ntype = clamav\n",
+                  NAME ":6: section [filter:NAME] is not supported yet by "
+                  "this build");
+  expect_only_err(BASE_L BASE_U "[listener]\nbind = 1.1.1.1:1\n",
+                  NAME ":6: section [listener] needs a name: "
+                  "[listener:NAME]");
+  expect_only_err(BASE_L BASE_U "[upstream:]\n",
+                  NAME ":6: section [upstream] needs a name: "
+                  "[upstream:NAME]");
+  expect_only_err(BASE_L BASE_U "[listener:a b]\nbind = 1.1.1.1:1\n",
+                  NAME ":6: bad section name \"a b\" in [listener:...] (use "
+                  "up to 64 letters, digits, \"_\", \".\" and \"-\")");
+  expect_only_err(BASE_L BASE_U "[popgate:x]\n",
+                  NAME ":6: section [popgate] takes no name");
+  expect_only_err(BASE_L BASE_U "[popgate] junk\n",
+                  NAME ":6: unexpected text \"junk\" after the section "
+                  "header");
+  expect_only_err(BASE_L BASE_U "[popgate\nworkers = 1\n",
+                  NAME ":6: missing \"]\" in section header");
+}
+
+/* Whitespace inside the brackets is trimmed; a comment may follow. */
+static void test_section_spacing(void **state)
+{
+  struct px_conf *c;
+
+  (void)state;
+  c = load_ok("[ listener:a ]   ; the listener\nbind = 127.0.0.1:1\n"
+              "upstream = u\n[upstream:u]  # the upstream\n"
+              "server = 127.0.0.1:2\n");
+  assert_string_equal(c->listeners[0].name, "a");
+  assert_string_equal(c->upstreams[0].name, "u");
+  px_conf_unref(&c);
+}
+
+static void test_err_unknown_key(void **state)
+{
+  (void)state;
+  expect_only_err(BASE_L "foo = 1\n" BASE_U,
+                  NAME ":4: unknown key \"foo\" in [listener:a]");
+  expect_only_err("[popgate]\n\nbar = 1\n" BASE_L BASE_U,
+                  NAME ":3: unknown key \"bar\" in [popgate]");
+  expect_only_err(BASE_L BASE_U "Server = 1.1.1.1:1\n",
+                  NAME ":6: unknown key \"Server\" in [upstream:u]");
+  expect_only_err(BASE_L "server = 1.1.1.1:1\n" BASE_U,
+                  NAME ":4: unknown key \"server\" in [listener:a] (server "
+                  "belongs in [upstream:NAME])");
+  expect_only_err(BASE_L BASE_U "workers = 2\n",
+                  NAME ":6: unknown key \"workers\" in [upstream:u] (workers "
+                  "belongs in [popgate])");
+  /* A key DESIGN.md promises that this build does not implement. */
+  expect_only_err(BASE_L "cert = /etc/popgate/a.pem\n" BASE_U,
+                  NAME ":4: key \"cert\" in [listener:a] is not supported "
+                  "yet by this build");
+  /* The continuation lines of an unknown key add no errors. */
+  expect_only_err(BASE_L "foo = 1\n  2\n  3\n" BASE_U,
+                  NAME ":4: unknown key \"foo\" in [listener:a]");
+  expect_only_err("workers = 1\n" BASE_L BASE_U,
+                  NAME ":1: key \"workers\" outside of any section (put it "
+                  "under [popgate], [listener:NAME] or [upstream:NAME])");
+  expect_only_err(BASE_L "= 1\n" BASE_U,
+                  NAME ":4: missing key name before \"=\"");
+  /* Keys of a broken section are ignored quietly. */
+  expect_only_err(BASE_L BASE_U "[nope]\nfoo = 1\nbar = 2\n",
+                  NAME ":6: unknown section [nope] (use [popgate], "
+                  "[listener:NAME] or [upstream:NAME])");
+}
+
+static void test_err_syntax(void **state)
+{
+  (void)state;
+  expect_only_err(BASE_L "just words\n" BASE_U,
+                  NAME ":4: expected \"key = value\", \"[section]\" or a "
+                  "comment");
+  /* inih reads "key: value" too. */
+  struct px_conf *c = load_ok(BASE_L "max_errors: 4\n" BASE_U);
+  assert_int_equal(c->listeners[0].max_errors, 4);
+  px_conf_unref(&c);
+}
+
+static void test_err_bad_value_line(void **state)
+{
+  (void)state;
+  expect_only_err("; comment\n\n[popgate]\n# another\n\nlog_level = loud\n"
+                  BASE_L BASE_U,
+                  NAME ":6: bad value \"loud\" for log_level (use error, "
+                  "warn, info or debug)");
+}
+
+static void test_err_duplicate_key(void **state)
+{
+  (void)state;
+  expect_only_err(BASE_L "\nbind = 127.0.0.1:1200\n" BASE_U,
+                  NAME ":5: duplicate key \"bind\" in [listener:a] (first at "
+                  "line 2)");
+  /* Even when the first value was bad. */
+  expect_err_line(BASE_L "max_errors = x\nmax_errors = 3\n" BASE_U,
+                  NAME ":5: duplicate key \"max_errors\" in [listener:a] "
+                  "(first at line 4)");
+  assert_int_equal(count_lines(err), 2);
+  expect_only_err("[popgate]\nlog = stderr\nlog = syslog\n" BASE_L BASE_U,
+                  NAME ":3: duplicate key \"log\" in [popgate] (first at "
+                  "line 2)");
+}
+
+static void test_err_duplicate_section(void **state)
+{
+  (void)state;
+  expect_only_err("[popgate]\nworkers = 1\n" BASE_L BASE_U "[popgate]\n"
+                  "workers = 2\n",
+                  NAME ":8: duplicate section [popgate] (first at line 1)");
+  /* The duplicate's values are still checked, then dropped. */
+  expect_err_line("[popgate]\n" BASE_L BASE_U "[popgate]\nworkers = 0\n",
+                  NAME ":7: duplicate section [popgate] (first at line 1)");
+  expect_err_line("[popgate]\n" BASE_L BASE_U "[popgate]\nworkers = 0\n",
+                  NAME ":8: workers = 0 is out of range (use auto or 1..256)");
+  assert_int_equal(count_lines(err), 2);
+  expect_only_err(BASE_L BASE_U "[listener:a]\nbind = 127.0.0.1:9\n"
+                  "upstream = u\n",
+                  NAME ":6: duplicate section [listener:a] (first at line "
+                  "1)");
+  expect_only_err(BASE_L BASE_U "[upstream:u]\nserver = 1.1.1.1:1\n",
+                  NAME ":6: duplicate section [upstream:u] (first at line "
+                  "4)");
+}
+
+static void test_err_missing_required(void **state)
+{
+  (void)state;
+  expect_only_err("[listener:a]\nupstream = u\n" BASE_U,
+                  NAME ":1: missing required key \"bind\" in [listener:a]");
+  expect_only_err("\n[listener:a]\nbind = 127.0.0.1:1\n" BASE_U,
+                  NAME ":2: missing required key \"upstream\" in "
+                  "[listener:a]");
+  expect_only_err(BASE_L "\n\n[upstream:u]\ntimeout = 1m\n",
+                  NAME ":6: missing required key \"server\" in [upstream:u]");
+  /* Sorted by line: the header's error comes before later ones. */
+  expect_err_line("[listener:a]\nupstream = u\nmax_errors = 0\n" BASE_U,
+                  NAME ":1: missing required key \"bind\" in [listener:a]");
+  assert_string_equal(err, NAME ":1: missing required key \"bind\" in "
+                      "[listener:a]\n" NAME ":3: max_errors = 0 is out of "
+                      "range (1..1000)\n");
+}
+
+static void test_err_dangling_ref(void **state)
+{
+  (void)state;
+  expect_only_err("[listener:a]\nbind = 127.0.0.1:1\n\nupstream = nosuch\n"
+                  BASE_U,
+                  NAME ":4: upstream \"nosuch\" in [listener:a] is not "
+                  "defined (no [upstream:nosuch] section)");
+  expect_only_err("[listener:a]\nbind = 127.0.0.1:1\nupstream = U\n" BASE_U,
+                  NAME ":3: upstream \"U\" in [listener:a] is not defined "
+                  "(no [upstream:U] section)");
+}
+
+static void test_err_no_listener(void **state)
+{
+  (void)state;
+  expect_only_err(BASE_U, NAME ": no [listener:NAME] section: at least one "
+                          "listener is required");
+  expect_only_err("", NAME ": no [listener:NAME] section: at least one "
+                      "listener is required");
+  /* Whole-file errors come last. */
+  expect_err_line("[popgate]\nworkers = 0\n",
+                  NAME ": no [listener:NAME] section: at least one listener "
+                  "is required");
+  assert_string_equal(err, NAME ":2: workers = 0 is out of range (use auto "
+                      "or 1..256)\n" NAME ": no [listener:NAME] section: at "
+                      "least one listener is required\n");
+}
+
+static void test_err_same_bind(void **state)
+{
+  (void)state;
+  expect_only_err(BASE_L "[listener:b]\n\nbind = 127.0.0.1:1100\n"
+                  "upstream = u\n" BASE_U,
+                  NAME ":6: bind = 127.0.0.1:1100 in [listener:b] is already "
+                  "used by [listener:a] (line 2)");
+  /* The same address spelled differently. */
+  expect_only_err("[listener:a]\nbind = [::1]:110\nupstream = u\n"
+                  "[listener:b]\nbind = [0:0::1]:0110\nupstream = u\n" BASE_U,
+                  NAME ":5: bind = [0:0::1]:110 in [listener:b] is already "
+                  "used by [listener:a] (line 2)");
+  /* Same port on different addresses is fine. */
+  struct px_conf *c = load_ok(BASE_L "[listener:b]\nbind = 127.0.0.2:1100\n"
+                              "upstream = u\n" BASE_U);
+  px_conf_unref(&c);
+  expect_only_err("[popgate]\nmetrics = 127.0.0.1:1100\n" BASE_L BASE_U,
+                  NAME ":2: metrics = 127.0.0.1:1100 is also the bind of "
+                  "[listener:a] (line 4)");
+}
+
+/* ---- long lines ---- */
+
+/* A line of n characters: "log = /" then 'a's. */
+static char *long_log_line(size_t n)
+{
+  char *s = malloc(n + 1);
+
+  assert_non_null(s);
+  memcpy(s, "log = /", 7);
+  memset(s + 7, 'a', n - 7);
+  s[n] = '\0';
+  return s;
+}
+
+static void test_long_line_limit(void **state)
+{
+  char *l199 = long_log_line(199), *l200 = long_log_line(200);
+  char *text = malloc(4096);
+  struct px_conf *c;
+
+  (void)state;
+  assert_non_null(text);
+  /* 199 characters: read whole. */
+  snprintf(text, 4096, "[popgate]\n%s\n" BASE_L BASE_U, l199);
+  c = load_ok(text);
+  assert_int_equal(strlen(c->log_path), 199 - 6);
+  px_conf_unref(&c);
+  /* Also with CRLF, and as the last line without a newline. */
+  snprintf(text, 4096, BASE_L BASE_U "[popgate]\r\n%s\r\n", l199);
+  c = load_ok(text);
+  assert_int_equal(strlen(c->log_path), 199 - 6);
+  px_conf_unref(&c);
+  snprintf(text, 4096, BASE_L BASE_U "[popgate]\n%s", l199);
+  c = load_ok(text);
+  assert_int_equal(strlen(c->log_path), 199 - 6);
+  px_conf_unref(&c);
+
+  /* 200 characters: an error at its own line, and nothing else. */
+  snprintf(text, 4096, "[popgate]\n%s\n" BASE_L BASE_U, l200);
+  expect_only_err(text, NAME ":2: line longer than 199 characters");
+  snprintf(text, 4096, BASE_L BASE_U "[popgate]\n%s", l200);
+  expect_only_err(text, NAME ":7: line longer than 199 characters");
+  free(l199);
+  free(l200);
+  free(text);
+}
+
+static void test_long_line_numbers(void **state)
+{
+  char *text = malloc(40000);
+  char *l5000 = long_log_line(5000), *l250 = long_log_line(250);
+
+  (void)state;
+  assert_non_null(text);
+  /* The line after a long line is counted right, and parsed. */
+  snprintf(text, 40000, "[popgate]\n%s\nlog_level = loud\n" BASE_L BASE_U,
+           l5000);
+  expect_err_line(text, NAME ":2: line longer than 199 characters");
+  expect_err_line(text, NAME ":3: bad value \"loud\" for log_level (use "
+                        "error, warn, info or debug)");
+  assert_int_equal(count_lines(err), 2);
+  /* Several long lines, comments too. */
+  snprintf(text, 40000, ";%s\n[popgate]\n\n%s\n" BASE_L "%s\nmax_errors = 0\n"
+           BASE_U, l250, l250, l250);
+  expect_err_line(text, NAME ":1: line longer than 199 characters");
+  expect_err_line(text, NAME ":4: line longer than 199 characters");
+  expect_err_line(text, NAME ":8: line longer than 199 characters");
+  expect_err_line(text, NAME ":9: max_errors = 0 is out of range (1..1000)");
+  assert_int_equal(count_lines(err), 4);
+  free(l5000);
+  free(l250);
+  free(text);
+}
+
+/* A continuation line that is too long drops the value: no cut value is
+ * ever parsed, and no second error about it. */
+static void test_long_continuation(void **state)
+{
+  char *text = malloc(4096);
+  char *l250 = long_log_line(250);
+
+  (void)state;
+  assert_non_null(text);
+  snprintf(text, 4096, "[popgate]\nlog = /var/log\n  %s\n  more\n"
+           "log_level = debug\n" BASE_L BASE_U, l250 + 7);
+  expect_only_err(text, NAME ":3: line longer than 199 characters");
+  /* A long key line: its continuation lines are dropped with it. */
+  snprintf(text, 4096, "[popgate]\nworkers = 2\n%s\n  more\n" BASE_L BASE_U,
+           l250);
+  expect_only_err(text, NAME ":3: line longer than 199 characters");
+  /* A long section header ends the section before it: its keys are not
+   * taken as duplicates in [listener:a]. */
+  snprintf(text, 4096, BASE_L "[listener:%s]\nbind = 127.0.0.1:2\n" BASE_U,
+           l250);
+  expect_only_err(text, NAME ":4: line longer than 199 characters");
+  /* A long comment line does not end the value around it. */
+  snprintf(text, 4096, "[popgate]\nlog_level = info\n;%s\n  x\n" BASE_L
+           BASE_U, l250);
+  expect_err_line(text, NAME ":2: bad value \"info x\" for log_level (use "
+                        "error, warn, info or debug) (lines 2-4 joined: an "
+                        "indented line continues the value above it)");
+  expect_err_line(text, NAME ":3: line longer than 199 characters");
+  assert_int_equal(count_lines(err), 2);
+  free(l250);
+  free(text);
+}
+
+/* ---- continuation lines ---- */
+
+static void test_continuation_join(void **state)
+{
+  struct px_conf *c;
+
+  (void)state;
+  c = load_ok("[popgate]\nlog = /var/log/pop\n   gate\n\tfile.log\n"
+              BASE_L BASE_U);
+  assert_string_equal(c->log_path, "/var/log/pop gate file.log");
+  px_conf_unref(&c);
+  /* Inline comments go on continuation lines too; blank and comment
+   * lines do not end the value (inih's rule). */
+  c = load_ok("[popgate]\nlog = /tmp/a ; one\n  b ; two\n\n; note\n  c\n"
+              "workers = 3\n" BASE_L BASE_U);
+  assert_string_equal(c->log_path, "/tmp/a b c");
+  assert_int_equal(c->workers, 3);
+  px_conf_unref(&c);
+  /* An indented line right after a header is a key, not a continuation. */
+  c = load_ok("[listener:a]\n  bind = 127.0.0.1:1\nupstream = u\n" BASE_U);
+  assert_string_equal(c->listeners[0].bind.port, "1");
+  px_conf_unref(&c);
+}
+
+static void test_continuation_errors(void **state)
+{
+  (void)state;
+  /* The joined value is what gets checked, at the key's line. */
+  expect_only_err(BASE_L "max_errors = 1\n  0\n" BASE_U,
+                  NAME ":4: bad number \"1 0\" for max_errors (use a whole "
+                  "number from 1 to 1000) (lines 4-5 joined: an indented line "
+                  "continues the value above it)");
+  /* An indented key after a key is a continuation: a classic mistake. */
+  expect_only_err("[popgate]\nworkers = 1\n\n  log = syslog\n" BASE_L BASE_U,
+                  NAME ":2: bad value \"1 log = syslog\" for workers (use "
+                  "auto or a number from 1 to 256) (lines 2-4 joined: an "
+                  "indented line continues the value above it)");
+  /* So is an indented section header. */
+  expect_err_line("[listener:a]\nbind = 127.0.0.1:1\nupstream = u\n"
+                  "  [upstream:u]\nserver = 1.1.1.1:1\n",
+                  NAME ":3: bad value \"u [upstream:u]\" for upstream (the "
+                  "NAME of an [upstream:NAME] section) (lines 3-4 joined: an "
+                  "indented line continues the value above it)");
+  /* A repeatable key: indented lines join one value, not add servers. */
+  expect_only_err(BASE_L "[upstream:u]\nserver = 1.1.1.1:1\n  2.2.2.2:2\n",
+                  NAME ":5: bad address \"1.1.1.1:1 2.2.2.2:2\" for server: "
+                  "unexpected space (lines 5-6 joined: an indented line "
+                  "continues the value above it)");
+}
+
+static void test_continuation_too_long(void **state)
+{
+  char *text = malloc(20000);
+  size_t n;
+  int i;
+
+  (void)state;
+  assert_non_null(text);
+  n = (size_t)snprintf(text, 20000, "[popgate]\nlog = /a\n");
+  for (i = 0; i < 50; i++)
+    n += (size_t)snprintf(text + n, 20000 - n, "  %0100d\n", i);
+  snprintf(text + n, 20000 - n, BASE_L BASE_U);
+  expect_only_err(text, NAME ":2: value of log is longer than 4096 "
+                        "characters");
+  free(text);
+}
+
+static void test_repeatable_server(void **state)
+{
+  struct px_conf *c;
+
+  (void)state;
+  c = load_ok(BASE_L "[upstream:u]\nserver = a.example:110\n"
+              "timeout = 1m\nserver = 10.0.0.2:110\nserver = [::1]:1110\n");
+  assert_int_equal(c->upstreams[0].nservers, 3);
+  assert_string_equal(c->upstreams[0].servers[0].host, "a.example");
+  assert_int_equal(c->upstreams[0].servers[0].line, 5);
+  assert_string_equal(c->upstreams[0].servers[1].host, "10.0.0.2");
+  assert_int_equal(c->upstreams[0].servers[1].line, 7);
+  assert_string_equal(c->upstreams[0].servers[2].host, "::1");
+  assert_string_equal(c->upstreams[0].servers[2].port, "1110");
+  px_conf_unref(&c);
+}
+
+/* ---- input forms ---- */
+
+static void test_bom_crlf(void **state)
+{
+  struct px_conf *c;
+
+  (void)state;
+  c = load_ok("\xEF\xBB\xBF[popgate]\r\nworkers = 2\r\n\r\n"
+              "[listener:a]\r\nbind = 127.0.0.1:1\r\nupstream = u\r\n"
+              "[upstream:u]\r\nserver = 127.0.0.1:2\r\n  ; x\r\n");
+  assert_int_equal(c->workers, 2);
+  assert_string_equal(c->upstreams[0].servers[0].port, "2");
+  px_conf_unref(&c);
+  expect_only_err("\xEF\xBB\xBF\xEF\xBB\xBF[popgate]\n" BASE_L BASE_U,
+                  NAME ":1: more than one byte order mark");
+  /* A lone 0xEF is not a BOM; the line is parsed (and is bad). */
+  expect_only_err("\xEF[popgate]\n" BASE_L BASE_U,
+                  NAME ":1: expected \"key = value\", \"[section]\" or a "
+                  "comment");
+}
+
+static void test_error_cap(void **state)
+{
+  char text[4096];
+  size_t n;
+  int i;
+
+  (void)state;
+  n = (size_t)snprintf(text, sizeof text, BASE_L BASE_U "[popgate]\n");
+  for (i = 0; i < 30; i++)
+    n += (size_t)snprintf(text + n, sizeof text - n, "x%d = 1\n", i);
+  expect_err_line(text, NAME ":7: unknown key \"x0\" in [popgate]");
+  expect_err_line(text, NAME ":26: unknown key \"x19\" in [popgate]");
+  expect_err_line(text, NAME ": 10 more errors not shown");
+  assert_int_equal(count_lines(err), 21);
+}
+
+static void test_err_buffer(void **state)
+{
+  struct px_conf *c = (struct px_conf *)1;
+  char small[16];
+
+  (void)state;
+  memset(small, 'x', sizeof small);
+  assert_int_equal(px_conf_load_string(NAME, "[bad]\n", &c, small,
+                                       sizeof small),
+                   -EINVAL);
+  assert_null(c);
+  assert_int_equal(strlen(small), sizeof small - 1);
+  assert_memory_equal(small, NAME ":1: unk", 12);
+  /* No buffer at all. */
+  assert_int_equal(px_conf_load_string(NAME, "[bad]\n", &c, NULL, 0),
+                   -EINVAL);
+  assert_int_equal(px_conf_load_string(NAME, NULL, &c, err, sizeof err),
+                   -EINVAL);
+  assert_int_equal(px_conf_load_string(NAME, "", NULL, err, sizeof err),
+                   -EINVAL);
+  /* Messages quote user text safely: control bytes become "?", and a long
+   * value is cut. */
+  expect_only_err(BASE_L BASE_U "[popgate]\nlog = /var/log/a\tb\n",
+                  NAME ":7: bad value \"/var/log/a?b\" for log (use stderr, "
+                  "syslog or an absolute file path)");
+  expect_only_err(BASE_L BASE_U "[popgate]\nlog_level = "
+                  "0123456789012345678901234567890123456789"
+                  "0123456789012345678901234567890123456789xyz\n",
+                  NAME ":7: bad value \""
+                  "0123456789012345678901234567890123456789"
+                  "0123456789012345678901234567890123456789...\" for "
+                  "log_level (use error, warn, info or debug)");
+  expect_only_err(BASE_L BASE_U "[popgate]\nlog_level = \x01\x7f" "x\n",
+                  NAME ":7: bad value \"??x\" for log_level (use error, "
+                  "warn, info or debug)");
+}
+
+/* ---- files ---- */
+
+static char tmpdir[64];
+
+static const char *write_file(const char *name, const char *data, size_t n)
+{
+  static char path[128];
+  FILE *f;
+
+  if (tmpdir[0] == '\0') {
+    strcpy(tmpdir, "/tmp/test_conf.XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+  }
+  snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+  f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, n, f), n);
+  assert_int_equal(fclose(f), 0);
+  return path;
+}
+
+static void test_file(void **state)
+{
+  static const char good[] = "[popgate]\nworkers = 2\n" BASE_L BASE_U;
+  static const char bad[] = "[popgate]\nworkers = 0\n" BASE_L BASE_U;
+  static const char nul[] = "[popgate]\nworkers = 2\0junk\n" BASE_L BASE_U;
+  char want[256];
+  struct px_conf *c;
+  const char *p;
+
+  (void)state;
+  p = write_file("good.ini", good, sizeof good - 1);
+  assert_int_equal(px_conf_load(p, &c, err, sizeof err), 0);
+  assert_string_equal(c->path, p);
+  assert_int_equal(c->workers, 2);
+  px_conf_unref(&c);
+
+  p = write_file("bad.ini", bad, sizeof bad - 1);
+  assert_int_equal(px_conf_load(p, &c, err, sizeof err), -EINVAL);
+  assert_null(c);
+  snprintf(want, sizeof want, "%s:2: workers = 0 is out of range (use auto "
+           "or 1..256)\n", p);
+  assert_string_equal(err, want);
+
+  p = write_file("nul.ini", nul, sizeof nul - 1);
+  assert_int_equal(px_conf_load(p, &c, err, sizeof err), -EINVAL);
+  snprintf(want, sizeof want, "%s:2: line contains a NUL byte\n", p);
+  assert_string_equal(err, want);
+
+  assert_int_equal(px_conf_load("/nonexistent/popgate.ini", &c, err,
+                                sizeof err),
+                   -ENOENT);
+  assert_null(c);
+  assert_string_equal(err, "/nonexistent/popgate.ini: cannot open: No such "
+                      "file or directory\n");
+  assert_int_equal(px_conf_load("/dev/zero", &c, err, sizeof err), -EFBIG);
+  assert_null(c);
+  assert_string_equal(err, "/dev/zero: larger than 1M: not a configuration "
+                      "file\n");
+  assert_int_equal(px_conf_load(tmpdir, &c, err, sizeof err), -EISDIR);
+  snprintf(want, sizeof want, "%s: cannot read: Is a directory\n", tmpdir);
+  assert_string_equal(err, want);
+}
+
+static int cleanup_files(void **state)
+{
+  char path[128];
+
+  (void)state;
+  if (tmpdir[0] != '\0') {
+    snprintf(path, sizeof path, "%s/good.ini", tmpdir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/bad.ini", tmpdir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/nul.ini", tmpdir);
+    unlink(path);
+    rmdir(tmpdir);
+  }
+  return 0;
+}
+
+/* The annotated example must stay valid, with its commented-out examples
+ * too. Run from the repository root (or tests/unit); skipped elsewhere. */
+static void test_example_file(void **state)
+{
+  static const char *const paths[] = { "conf/popgate.ini",
+                                       "../../conf/popgate.ini" };
+  static const char *const uncomment[] = {
+    ";user =", ";metrics =", ";server =", ";[listener:local]", ";bind =",
+    ";upstream =",
+  };
+  char *text, *line;
+  struct px_conf *c;
+  FILE *f = NULL;
+  size_t i, n;
+  long len;
+
+  (void)state;
+  for (i = 0; i < sizeof paths / sizeof *paths && f == NULL; i++)
+    f = fopen(paths[i], "rb");
+  if (f == NULL)
+    skip();
+  assert_int_equal(fseek(f, 0, SEEK_END), 0);
+  len = ftell(f);
+  assert_true(len > 0);
+  rewind(f);
+  text = malloc((size_t)len + 1);
+  assert_non_null(text);
+  assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
+  text[len] = '\0';
+  fclose(f);
+
+  c = load_ok(text);
+  assert_int_equal(c->nlisteners, 1);
+  assert_null(c->metrics.host);
+  px_conf_unref(&c);
+
+  /* Drop the ";" of each commented-out example line. */
+  for (line = text; line != NULL && *line != '\0';) {
+    for (i = 0; i < sizeof uncomment / sizeof *uncomment; i++) {
+      n = strlen(uncomment[i]);
+      if (strncmp(line, uncomment[i], n) == 0) {
+        /* Remove it: a space instead would make a continuation line. */
+        memmove(line, line + 1, strlen(line + 1) + 1);
+        break;
+      }
+    }
+    line = strchr(line, '\n');
+    if (line != NULL)
+      line++;
+  }
+  c = load_ok(text);
+  assert_int_equal(c->nlisteners, 2);
+  assert_non_null(c->user);
+  assert_non_null(c->metrics.host);
+  assert_int_equal(c->upstreams[0].nservers, 2);
+  px_conf_unref(&c);
+  free(text);
+}
+
+/* ---- references ---- */
+
+static void test_refs(void **state)
+{
+  struct px_conf *c = load_ok(BASE_L BASE_U), *c2;
+
+  (void)state;
+  px_conf_ref(c);
+  px_conf_ref(c);
+  assert_int_equal(c->refs, 3);
+  c2 = c;
+  px_conf_unref(&c2);
+  assert_null(c2);
+  c2 = c;
+  px_conf_unref(&c2);
+  assert_int_equal(c->refs, 1);
+  px_conf_unref(&c);
+  assert_null(c);
+  px_conf_unref(&c); /* NULL is fine */
+  px_conf_unref(NULL);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_parse_duration),
+    cmocka_unit_test(test_parse_size),
+    cmocka_unit_test(test_parse_bool),
+    cmocka_unit_test(test_parse_hostport),
+    cmocka_unit_test(test_defaults),
+    cmocka_unit_test(test_full_file),
+    cmocka_unit_test(test_good_values),
+    cmocka_unit_test(test_string_values),
+    cmocka_unit_test(test_inline_comments),
+    cmocka_unit_test(test_inline_comment_values),
+    cmocka_unit_test(test_bad_values),
+    cmocka_unit_test(test_bad_bind_and_ref),
+    cmocka_unit_test(test_err_unknown_section),
+    cmocka_unit_test(test_section_spacing),
+    cmocka_unit_test(test_err_unknown_key),
+    cmocka_unit_test(test_err_syntax),
+    cmocka_unit_test(test_err_bad_value_line),
+    cmocka_unit_test(test_err_duplicate_key),
+    cmocka_unit_test(test_err_duplicate_section),
+    cmocka_unit_test(test_err_missing_required),
+    cmocka_unit_test(test_err_dangling_ref),
+    cmocka_unit_test(test_err_no_listener),
+    cmocka_unit_test(test_err_same_bind),
+    cmocka_unit_test(test_long_line_limit),
+    cmocka_unit_test(test_long_line_numbers),
+    cmocka_unit_test(test_long_continuation),
+    cmocka_unit_test(test_continuation_join),
+    cmocka_unit_test(test_continuation_errors),
+    cmocka_unit_test(test_continuation_too_long),
+    cmocka_unit_test(test_repeatable_server),
+    cmocka_unit_test(test_bom_crlf),
+    cmocka_unit_test(test_error_cap),
+    cmocka_unit_test(test_err_buffer),
+    cmocka_unit_test_teardown(test_file, cleanup_files),
+    cmocka_unit_test(test_example_file),
+    cmocka_unit_test(test_refs),
+  };
+
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
