@@ -1,0 +1,777 @@
+#!/usr/bin/python3
+"""popgate benchmark: the same POP3 work against Dovecot directly and through
+popgate, in one run, with the ratios and the targets.
+
+Run by `make bench` (as root: the Dovecot it starts runs as root with its own
+base_dir). It starts its own Dovecot on 127.0.0.1 (one user, a 50 MiB message
+and 1000 messages of 4 KiB) and build/popgate (workers = 1, plaintext) in
+front of it, then measures:
+
+  (a) RETR of the 50 MiB message, direct and through popgate: throughput in
+      MB/s (median of 3) and the ratio; popgate's CPU time per MB moved, from
+      /proc/PID/stat (utime + stime).
+  (b) 1000 RETRs of 4 KiB messages over one session, one command at a time
+      (as fetchmail does): the ratio of the rates. The same with all 1000
+      commands pipelined (as mpop does) is shown for information.
+  (c) 1000 idle logged-in sessions through popgate: popgate's VmRSS growth
+      per session, from /proc/PID/status.
+
+Not a test: a missed target is reported, never an error. The exit status is
+0 unless something broke (Dovecot or popgate did not start or died, a
+protocol error, a message that came through popgate different from direct).
+
+Environment:
+  POPGATE_BIN       popgate binary (default: build/popgate, from the repo root)
+  POPGATE_NO_PROXY  1 = skip popgate: the "proxy" side is Dovecot again (to
+                    check this script without the daemon; ratios ~1.0)
+  BENCH_KEEP        1 = keep the temporary directory
+"""
+
+import base64
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+USER = "bench"
+PASSWORD = "bench"
+MAIL_UID = MAIL_GID = 8  # "mail" on Debian
+
+BIG_SIZE = 50 * 1024 * 1024
+SMALL_SIZE = 4 * 1024
+SMALL_COUNT = 1000
+SESSIONS = 1000
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+
+TIME_LIMIT = 170  # seconds for the whole run (SIGALRM)
+IO_TIMEOUT = 30  # seconds for any single socket operation
+MB = 1e6  # throughput and CPU figures use decimal megabytes
+
+TARGET_A_RATIO = 0.9
+TARGET_A_CPU_MS_PER_MB = 0.5
+TARGET_B_RATIO = 0.8
+TARGET_C_KIB = 8.0
+
+TERM = b"\r\n.\r\n"
+
+
+class BenchError(Exception):
+    """Something broke: the bench cannot give a meaningful figure."""
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- helpers --
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, name, timeout=15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with {proc.returncode} during start-up")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{name} not listening on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def placement():
+    """CPU sets (client, popgate, dovecot) or None. The upstream gets CPUs of
+    its own, as if it ran on another host; the client shares one with popgate
+    when there are only two. Without pinning, on a small VM, the figures swing
+    by 2x from run to run with where the scheduler happens to put the three
+    processes (a wake-up on another, idle vCPU costs far more than one on the
+    same CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if os.environ.get("BENCH_PIN", "1") == "0" or len(cpus) < 2:
+        return None
+    if len(cpus) == 2:
+        return {cpus[0]}, {cpus[0]}, {cpus[1]}
+    return {cpus[0]}, {cpus[1]}, set(cpus[2:])
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def children(pid):
+    """Number of live child processes of pid (Dovecot's pop3 processes)."""
+    n = 0
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[1]) == pid and rest[0] != "Z":
+            n += 1
+    return n
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_fd_limit(want=65536):
+    """Dovecot, popgate and this client each need > 2 fds per session."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for lim in (want, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(lim, soft), max(lim, hard)))
+            return
+        except (ValueError, OSError):
+            continue
+
+
+# ----------------------------------------------------------------- client --
+
+
+class Client:
+    """A raw POP3 client: no line-by-line reading of message bodies."""
+
+    def __init__(self, port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(IO_TIMEOUT)
+        s.connect(("127.0.0.1", port))
+        self.s = s
+        self.buf = bytearray()
+        self.rbuf = None
+
+    def close(self):
+        self.s.close()
+
+    def _fill(self):
+        d = self.s.recv(65536)
+        if not d:
+            raise BenchError("connection closed by the server")
+        self.buf += d
+
+    def line(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                ln = bytes(self.buf[:i])
+                del self.buf[: i + 2]
+                return ln
+            if len(self.buf) > 4096:
+                raise BenchError("status line too long")
+            self._fill()
+
+    def expect_ok(self, what):
+        ln = self.line()
+        if not ln.startswith(b"+OK"):
+            raise BenchError(f"{what}: {ln[:120]!r}")
+        return ln
+
+    def cmd(self, c):
+        self.s.sendall(c.encode() + b"\r\n")
+        return self.expect_ok(c.split()[0])
+
+    def login(self):
+        self.expect_ok("greeting")
+        self.cmd(f"USER {USER}")
+        self.s.sendall(f"PASS {PASSWORD}\r\n".encode())
+        self.expect_ok("PASS")
+
+    def list(self):
+        self.cmd("LIST")
+        sizes = {}
+        while True:
+            ln = self.line()
+            if ln == b".":
+                return sizes
+            n, size = ln.split()
+            sizes[int(n)] = int(size)
+
+    def retr_count(self, n, digest=None):
+        """RETR n; returns the bytes received up to and including the final
+        ".". The body is counted in large recv_into() chunks until the
+        response ends with CRLF.CRLF (dot-stuffing guarantees that sequence
+        appears only at the end). digest, if given, is fed the whole response
+        after the status line."""
+        assert not self.buf
+        if self.rbuf is None:
+            self.rbuf = bytearray(4 << 20)
+        mv = memoryview(self.rbuf)
+        s = self.s
+        s.sendall(b"RETR %d\r\n" % n)
+        total = 0
+        tail = b""
+        first = True
+        while True:
+            k = s.recv_into(mv)
+            if k == 0:
+                raise BenchError(f"RETR {n}: connection closed after {total} bytes")
+            if first:
+                if not mv[:3] == b"+OK":
+                    raise BenchError(f"RETR {n}: {bytes(mv[:min(k, 120)])!r}")
+                first = False
+                if digest is not None:
+                    eol = bytes(mv[:k]).find(b"\r\n")
+                    digest.update(mv[eol + 2 : k])
+            elif digest is not None:
+                digest.update(mv[:k])
+            total += k
+            tail = bytes(mv[k - 5 : k]) if k >= 5 else (tail + bytes(mv[:k]))[-5:]
+            if tail == TERM:
+                return total
+
+    def retr_pipelined(self, numbers):
+        """Send all RETRs in one write, then read until as many responses
+        have ended. Returns the bytes received."""
+        assert not self.buf
+        if self.rbuf is None:
+            self.rbuf = bytearray(4 << 20)
+        mv = memoryview(self.rbuf)
+        self.s.sendall(b"".join(b"RETR %d\r\n" % n for n in numbers))
+        want = len(numbers)
+        seen = 0
+        total = 0
+        carry = b""
+        while seen < want:
+            k = self.s.recv_into(mv)
+            if k == 0:
+                raise BenchError(f"pipelined RETR: closed after {seen}/{want} responses")
+            total += k
+            data = carry + bytes(mv[:k])
+            seen += data.count(TERM)
+            if b"\r\n-ERR" in data or data.startswith(b"-ERR"):
+                raise BenchError("pipelined RETR: -ERR in the responses")
+            carry = data[-4:]
+        return total
+
+
+# ---------------------------------------------------------------- Dovecot --
+
+
+def write_mailbox(home):
+    """Maildir with one 50 MiB message and SMALL_COUNT messages of 4 KiB.
+    The S= and W= parts of the names give Dovecot the physical and the
+    virtual (CRLF) sizes, so it need not read the big file to answer LIST."""
+    md = os.path.join(home, "Maildir")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(md, sub))
+
+    def put(i, data):
+        vsize = len(data) + data.count(b"\n")
+        name = f"{1700000000 + i}.M{i}P{os.getpid()}.bench,S={len(data)},W={vsize}:2,"
+        with open(os.path.join(md, "cur", name), "wb") as f:
+            f.write(data)
+
+    # Base64 lines as in an attachment, plus a few lines that start with "."
+    # so that the dot-stuffing path is exercised too.
+    rnd = base64.encodebytes(os.urandom(BIG_SIZE * 3 // 4))  # 76 chars + LF
+    head = (b"From: bench@example.org\nTo: bench@example.org\n"
+            b"Subject: big\nMessage-ID: <big@bench>\nMIME-Version: 1.0\n"
+            b"Content-Type: application/octet-stream\n"
+            b"Content-Transfer-Encoding: base64\n\n")
+    body = bytearray(rnd[: BIG_SIZE - len(head) - 200])
+    for off in range(1 << 20, len(body) - 100, 8 << 20):
+        nl = body.index(b"\n", off)
+        body[nl + 1 : nl + 1] = b"..dot line\n"
+    big = head + bytes(body)
+    big = big[: BIG_SIZE - 1] + b"\n" if len(big) >= BIG_SIZE else big + b"x" * (BIG_SIZE - 1 - len(big)) + b"\n"
+    put(0, big)
+
+    for i in range(1, SMALL_COUNT + 1):
+        h = (f"From: bench@example.org\nTo: bench@example.org\n"
+             f"Subject: small {i}\nMessage-ID: <s{i}@bench>\n\n").encode()
+        line = (b"." if i % 10 == 0 else b"") + b"0123456789abcdef" * 4 + b"\n"
+        body = (line * (SMALL_SIZE // len(line) + 1))[: SMALL_SIZE - len(h) - 1] + b"\n"
+        put(i, h + body)
+
+    for root, dirs, files in os.walk(home):
+        for n in dirs + files:
+            os.chown(os.path.join(root, n), MAIL_UID, MAIL_GID)
+    os.chown(home, MAIL_UID, MAIL_GID)
+
+
+DOVECOT_CONF = """\
+# Generated by tests/bench/bench.py.
+protocols = pop3
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/run/state
+log_path = {d}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = {uid}
+first_valid_gid = {gid}
+mail_location = maildir:~/Maildir
+pop3_no_flag_updates = yes
+# {sessions} logged-in sessions from 127.0.0.1 at once, plus the others.
+mail_max_userip_connections = {limit}
+default_client_limit = {climit}
+default_process_limit = {limit}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={home}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+  # High-performance mode: a few long-lived login processes.
+  service_count = 0
+  process_min_avail = 2
+  client_limit = {climit}
+}}
+service pop3 {{
+  process_limit = {limit}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+def start_dovecot(tmp, port, home, cpus):
+    d = os.path.join(tmp, "dovecot")
+    os.makedirs(os.path.join(d, "run"))
+    with open(os.path.join(d, "passwd"), "w") as f:
+        f.write(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+    os.chmod(os.path.join(d, "passwd"), 0o644)
+    conf = os.path.join(d, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write(DOVECOT_CONF.format(d=d, uid=MAIL_UID, gid=MAIL_GID, home=home,
+                                    port=port, sessions=SESSIONS,
+                                    limit=SESSIONS + 200, climit=4 * SESSIONS))
+    out = open(os.path.join(d, "stdout.log"), "wb")
+    proc = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", conf],
+                            stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    wait_port(port, proc, "dovecot")
+    return proc
+
+
+# ---------------------------------------------------------------- popgate --
+
+
+POPGATE_CONF = """\
+; Generated by tests/bench/bench.py.
+[popgate]
+workers = 1
+log = {d}/popgate.log
+log_level = info
+shutdown_timeout = 5s
+
+[listener:plain]
+bind = 127.0.0.1:{port}
+tls = off
+upstream = dovecot
+max_clients = 10000
+max_clients_per_ip = {per_ip}
+idle_timeout = 10m
+
+[upstream:dovecot]
+server = 127.0.0.1:{up}
+tls = off
+"""
+
+
+def start_popgate(tmp, binary, port, up, cpus):
+    d = os.path.join(tmp, "popgate")
+    os.makedirs(d)
+    conf = os.path.join(d, "popgate.ini")
+    with open(conf, "w") as f:
+        f.write(POPGATE_CONF.format(d=d, port=port, up=up, per_ip=SESSIONS + 100))
+    chk = subprocess.run([binary, "-t", "-c", conf], capture_output=True, text=True,
+                         timeout=IO_TIMEOUT)
+    if chk.returncode != 0:
+        raise BenchError(f"popgate -t rejected the config: {chk.stderr.strip()}")
+    err = open(os.path.join(d, "stderr.log"), "wb")
+    proc = subprocess.Popen([binary, "-c", conf], stdout=err, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    wait_port(port, proc, "popgate")
+    return proc
+
+
+def stop(proc, name):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        log(f"  {name} (pid {proc.pid}) ignored SIGTERM for 10 s: SIGKILL")
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------ measurements --
+
+
+def locate(port):
+    """Message numbers of the big message and of the small ones."""
+    c = Client(port)
+    c.login()
+    sizes = c.list()
+    c.cmd("QUIT")
+    c.close()
+    big = [n for n, s in sizes.items() if s > BIG_SIZE // 2]
+    small = sorted(n for n, s in sizes.items() if s < 2 * SMALL_SIZE)
+    if len(big) != 1 or len(small) != SMALL_COUNT:
+        raise BenchError(f"unexpected mailbox: {len(sizes)} messages")
+    return big[0], small
+
+
+def rounds():
+    """Order of the direct/proxy runs: alternating which goes first, so that
+    a slow drift of the machine's speed (common on VMs) cancels in each
+    pair's ratio."""
+    for i in range(RUNS):
+        yield ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
+
+
+def paired(samples):
+    """Median of each side and median of the per-round ratios proxy/direct."""
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    ratio = statistics.median(p / d for d, p in zip(samples["direct"], samples["proxy"]))
+    return med, ratio
+
+
+def bench_big(direct, proxy, big, pid):
+    """(a) RETR of the big message over one session per side, interleaved.
+    Returns (medians, ratio, samples, CPU ms per MB, bytes, client load)."""
+    conns = {}
+    digests = {}
+    for name, port in (("direct", direct), ("proxy", proxy)):
+        c = Client(port)
+        c.login()
+        h = hashlib.sha256()
+        c.retr_count(big, digest=h)  # warm-up (page cache), and content check
+        digests[name] = h.hexdigest()
+        conns[name] = c
+    if digests["direct"] != digests["proxy"]:
+        raise BenchError("the 50 MiB message differs through popgate")
+    rates = {"direct": [], "proxy": []}
+    sizes = set()
+    cpu = 0.0
+    moved = 0
+    client_cpu = wall = 0.0
+    for order in rounds():
+        for name in order:
+            c = conns[name]
+            measure_cpu = pid is not None and name == "proxy"
+            c0 = cpu_seconds(pid) if measure_cpu else 0.0
+            p0 = time.process_time()
+            t0 = time.perf_counter()
+            n = c.retr_count(big)
+            dt = time.perf_counter() - t0
+            client_cpu += time.process_time() - p0
+            wall += dt
+            if measure_cpu:
+                cpu += cpu_seconds(pid) - c0
+                moved += n
+            sizes.add(n)
+            rates[name].append(n / MB / dt)
+    if len(sizes) != 1:
+        raise BenchError(f"RETR sizes differ between runs: {sorted(sizes)}")
+    for c in conns.values():
+        c.cmd("QUIT")
+        c.close()
+    med, ratio = paired(rates)
+    cpu_ms_per_mb = (cpu * 1000 / (moved / MB)) if pid else None
+    return med, ratio, rates, (cpu_ms_per_mb, cpu, moved), sizes.pop(), client_cpu / wall
+
+
+def bench_small(direct, proxy, small):
+    """(b) SMALL_COUNT RETRs of 4 KiB over one session per side, one command
+    at a time, then all pipelined; direct and proxy passes interleaved.
+    Returns {"seq": (medians, ratio, samples), "pipe": (...)}."""
+    conns = {}
+    for name, port in (("direct", direct), ("proxy", proxy)):
+        c = Client(port)
+        c.login()
+        for n in small[:100]:  # warm-up: index, page cache, allocators
+            c.retr_count(n)
+        conns[name] = c
+    seq = {"direct": [], "proxy": []}
+    pipe = {"direct": [], "proxy": []}
+    for order in rounds():
+        for name in order:
+            c = conns[name]
+            t0 = time.perf_counter()
+            for n in small:
+                c.retr_count(n)
+            seq[name].append(len(small) / (time.perf_counter() - t0))
+    for order in rounds():
+        for name in order:
+            t0 = time.perf_counter()
+            conns[name].retr_pipelined(small)
+            pipe[name].append(len(small) / (time.perf_counter() - t0))
+    for c in conns.values():
+        c.cmd("QUIT")
+        c.close()
+    return {"seq": paired(seq) + (seq,), "pipe": paired(pipe) + (pipe,)}
+
+
+def open_sessions(port, count, batch=50):
+    """count logged-in sessions, opened batch at a time (USER and PASS
+    pipelined after the greeting). Returns the open clients."""
+    clients = []
+    try:
+        while len(clients) < count:
+            group = [Client(port) for _ in range(min(batch, count - len(clients)))]
+            clients.extend(group)
+            for c in group:
+                c.expect_ok("greeting")
+                c.s.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+            for c in group:
+                c.expect_ok("USER")
+                c.expect_ok("PASS")
+    except BaseException:
+        for c in clients:
+            c.close()
+        raise
+    return clients
+
+
+def bench_sessions(proxy, pid, dovecot_pid):
+    """(c) popgate's RSS growth per idle logged-in session."""
+    warm = open_sessions(proxy, 10)  # first-use allocations are not per session
+    for c in warm:
+        c.cmd("QUIT")
+        c.close()
+    time.sleep(0.3)
+    before = rss_kib(pid) if pid else None
+    t0 = time.perf_counter()
+    clients = open_sessions(proxy, SESSIONS)
+    dt = time.perf_counter() - t0
+    time.sleep(1.0)  # let popgate settle (no more reads pending)
+    after = rss_kib(pid) if pid else None
+    fds = fd_count(pid) if pid else None
+    for c in clients:  # no QUIT: closing is enough, and faster
+        c.close()
+    # Wait (bounded) until popgate has closed both legs of every session and
+    # Dovecot's pop3 processes are gone, so that (a) and (b) run on a quiet
+    # machine.
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if (not pid or fd_count(pid) < 50) and children(dovecot_pid) < 20:
+            break
+        time.sleep(0.2)
+    per = (after - before) / SESSIONS if pid else None
+    return per, before, after, dt, fds
+
+
+# ------------------------------------------------------------------ report --
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def report(a, b, c, no_proxy):
+    med, ratio_a, rates, (cpu_ms, cpu_s, moved), size, client_load = a
+    rows = []
+    rows.append((f"(a) RETR 50 MiB, MB/s (median of {RUNS})",
+                 f"{med['direct']:.0f}", f"{med['proxy']:.0f}", f"{ratio_a:.2f}x",
+                 f">= {TARGET_A_RATIO}x", verdict(ratio_a >= TARGET_A_RATIO)))
+    if cpu_ms is None:
+        rows.append(("(a) popgate CPU per MB", "-", "n/a", "-",
+                     f"<= {TARGET_A_CPU_MS_PER_MB} ms", "n/a"))
+    else:
+        rows.append(("(a) popgate CPU per MB", "-", f"{cpu_ms:.3f} ms", "-",
+                     f"<= {TARGET_A_CPU_MS_PER_MB} ms",
+                     verdict(cpu_ms <= TARGET_A_CPU_MS_PER_MB)))
+    smed, sratio, sruns = b["seq"]
+    pmed, pratio, pruns = b["pipe"]
+    rows.append((f"(b) {SMALL_COUNT} RETR 4 KiB, 1 session, RETR/s",
+                 f"{smed['direct']:.0f}", f"{smed['proxy']:.0f}", f"{sratio:.2f}x",
+                 f">= {TARGET_B_RATIO}x", verdict(sratio >= TARGET_B_RATIO)))
+    rows.append(("    same, all pipelined (info)", f"{pmed['direct']:.0f}",
+                 f"{pmed['proxy']:.0f}", f"{pratio:.2f}x", "-", "-"))
+    per = c[0]
+    if per is None:
+        rows.append((f"(c) {SESSIONS} idle sessions, RSS/session", "-", "n/a", "-",
+                     f"<= {TARGET_C_KIB:.0f} KiB", "n/a"))
+    else:
+        rows.append((f"(c) {SESSIONS} idle sessions, RSS/session", "-",
+                     f"{per:.2f} KiB", "-", f"<= {TARGET_C_KIB:.0f} KiB",
+                     verdict(per <= TARGET_C_KIB)))
+    head = ("measure", "direct", "popgate", "ratio", "target", "result")
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(6)]
+    fmt = "  ".join("{:<%d}" % w[0] if i == 0 else "{:>%d}" % w[i] for i in range(6))
+    log("")
+    log(fmt.format(*head))
+    log("  ".join("-" * x for x in w))
+    for r in rows:
+        log(fmt.format(*r))
+    log("")
+    log("ratio = median of the per-round ratios (direct and popgate runs"
+        " interleaved, order alternating)")
+
+    def runs(samples):
+        return (f"direct {' '.join(f'{x:.0f}' for x in samples['direct'])};"
+                f" popgate {' '.join(f'{x:.0f}' for x in samples['proxy'])}")
+
+    log(f"(a) runs, MB/s: {runs(rates)}; {size} bytes per RETR incl. status"
+        f" line; client CPU {100 * client_load:.0f}% of wall time")
+    if cpu_ms is not None:
+        tick = 1000 / os.sysconf("SC_CLK_TCK")
+        log(f"(a) popgate CPU: {1000 * cpu_s:.0f} ms (utime+stime, {tick:.0f} ms"
+            f" ticks) for {moved / MB:.0f} MB relayed")
+    log(f"(b) runs, RETR/s: {runs(sruns)}; pipelined: {runs(pruns)}")
+    if c[1] is not None:
+        log(f"(c) popgate VmRSS {c[1]} KiB -> {c[2]} KiB with {SESSIONS} sessions"
+            f" ({c[4]} fds), opened in {c[3]:.1f} s")
+    else:
+        log(f"(c) {SESSIONS} sessions opened in {c[3]:.1f} s")
+    if no_proxy:
+        log("POPGATE_NO_PROXY=1: the popgate column is Dovecot again (script check only)")
+
+
+# -------------------------------------------------------------------- main --
+
+
+def alarm(signum, frame):
+    raise BenchError(f"time limit of {TIME_LIMIT} s reached")
+
+
+def main():
+    no_proxy = os.environ.get("POPGATE_NO_PROXY") == "1"
+    binary = os.environ.get("POPGATE_BIN", "build/popgate")
+    if not os.path.isabs(binary):
+        binary = os.path.join(REPO, binary)
+    if os.geteuid() != 0:
+        log("bench: run as root (the bench's Dovecot runs as root)")
+        return 2
+    if not no_proxy and not os.access(binary, os.X_OK):
+        log(f"bench: {binary} not found: run 'make' first")
+        return 2
+    if not os.path.exists("/usr/sbin/dovecot"):
+        log("bench: /usr/sbin/dovecot missing: run scripts/deps.sh")
+        return 2
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.signal(signal.SIGTERM, alarm)
+    signal.alarm(TIME_LIMIT)
+    raise_fd_limit()
+    tmp = tempfile.mkdtemp(prefix="popgate-bench.")
+    os.chmod(tmp, 0o755)  # Dovecot's mail (uid 8) and auth processes walk in
+    dovecot = popgate = None
+    t_start = time.monotonic()
+    try:
+        pin = placement()
+        dport = free_port()
+        home = os.path.join(tmp, "mail", USER)
+        os.makedirs(home)
+        write_mailbox(home)
+        dovecot = start_dovecot(tmp, dport, home, pin[2] if pin else None)
+        ver = subprocess.run(["/usr/sbin/dovecot", "--version"], capture_output=True,
+                             text=True).stdout.split()[0]
+        if no_proxy:
+            pport, pid, pver = dport, None, "popgate: none (POPGATE_NO_PROXY=1)"
+        else:
+            pport = free_port()
+            popgate = start_popgate(tmp, binary, pport, dport, pin[1] if pin else None)
+            pid = popgate.pid
+            v = subprocess.run([binary, "-V"], capture_output=True, text=True,
+                               timeout=IO_TIMEOUT)
+            pver = (v.stdout or v.stderr).strip().splitlines()[0] if (v.stdout or v.stderr) else "?"
+        log(f"popgate bench: Dovecot {ver} on :{dport}, {pver} on :{pport}"
+            f" (workers = 1), {os.cpu_count()} CPUs, {os.uname().release}")
+        if pin:
+            os.sched_setaffinity(0, pin[0])
+            log("CPUs: client %s, popgate %s, dovecot %s (BENCH_PIN=0: no pinning)"
+                % tuple(",".join(map(str, sorted(x))) for x in pin))
+        else:
+            log("CPUs: not pinned")
+        with open("/proc/loadavg") as f:
+            load1 = float(f.read().split()[0])
+        log(f"load average {load1:.2f} at start"
+            + ("  (WARNING: other work is running; figures will be noisy)"
+               if load1 > 0.5 else ""))
+        log(f"mailbox: 1 x {BIG_SIZE >> 20} MiB + {SMALL_COUNT} x {SMALL_SIZE >> 10} KiB;"
+            f" client: raw sockets, recv_into 4 MiB")
+
+        big, small = locate(dport)
+        log(f"(c) {SESSIONS} idle sessions through popgate ...")
+        c = bench_sessions(pport, pid, dovecot.pid)
+        log("(a) RETR 50 MiB, direct and through popgate ...")
+        a = bench_big(dport, pport, big, pid)
+        log(f"(b) {SMALL_COUNT} RETR 4 KiB, direct and through popgate ...")
+        b = bench_small(dport, pport, small)
+        for p, name in ((dovecot, "dovecot"), (popgate, "popgate")):
+            if p is not None and p.poll() is not None:
+                raise BenchError(f"{name} died during the bench (exit {p.returncode})")
+        report(a, b, c, no_proxy)
+        log(f"bench took {time.monotonic() - t_start:.0f} s; logs in {tmp}"
+            if os.environ.get("BENCH_KEEP") == "1"
+            else f"bench took {time.monotonic() - t_start:.0f} s")
+        return 0
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        log(f"bench: broken: {e}")
+        for p, name in ((dovecot, "dovecot"), (popgate, "popgate")):
+            if p is not None and p.poll() is not None:
+                log(f"bench: {name} exited with {p.returncode}")
+        for f in ("popgate/stderr.log", "popgate/popgate.log", "dovecot/dovecot.log"):
+            path = os.path.join(tmp, f)
+            if os.path.exists(path):
+                with open(path, errors="replace") as fh:
+                    lines = fh.readlines()[-5:]
+                if lines:
+                    log(f"bench: last lines of {f}:")
+                    for ln in lines:
+                        log("  | " + ln.rstrip())
+        return 1
+    finally:
+        signal.alarm(0)
+        stop(popgate, "popgate")
+        stop(dovecot, "dovecot")
+        if os.environ.get("BENCH_KEEP") == "1":
+            log(f"(kept {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
