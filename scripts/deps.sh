@@ -27,6 +27,8 @@ PACKAGES=(
   clamav clamav-daemon clamav-testfiles
   # certificates, process and socket inspection used by scripts
   openssl ca-certificates procps iproute2 diffutils
+  # bench: socat is the byte-relay floor popgate is measured against
+  socat
 )
 
 missing_packages() {

@@ -112,11 +112,24 @@ def placement():
 
 
 def cpu_seconds(pid):
-    """utime + stime of the whole process (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the whole process (all threads), in seconds: the sum of
+    the threads' /proc/PID/task/TID/schedstat run times (nanoseconds), so
+    that short runs are not rounded to 10 ms clock ticks as utime+stime are.
+    Falls back to utime + stime when schedstat is missing."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:
+                pass  # the thread ended meanwhile
+        return total / 1e9
+    except FileNotFoundError:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid):
@@ -141,6 +154,40 @@ def children(pid):
         if int(rest[1]) == pid and rest[0] != "Z":
             n += 1
     return n
+
+
+def tree_cpu_seconds(pid):
+    """CPU seconds of pid and its child processes (socat forks one per
+    connection)."""
+    total = cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        kids = []
+    for k in kids:
+        try:
+            total += cpu_seconds(k)
+        except OSError:
+            pass
+    return total
+
+
+def start_floor(tmp, port, up, cpus):
+    """socat relaying bytes with 256 KiB reads: what a proxy that parses
+    nothing costs on this machine (the read/write and TCP floor). None when
+    socat is not installed."""
+    if shutil.which("socat") is None:
+        return None
+    out = open(os.path.join(tmp, "socat.log"), "wb")
+    proc = subprocess.Popen(
+        ["socat", "-b", "262144",
+         f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+         f"TCP:127.0.0.1:{up}"],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    wait_port(port, proc, "socat")
+    return proc
 
 
 def fd_count(pid):
@@ -172,6 +219,7 @@ class Client:
         self.s = s
         self.buf = bytearray()
         self.rbuf = None
+        self.pipelining = False
 
     def close(self):
         self.s.close()
@@ -203,8 +251,20 @@ class Client:
         self.s.sendall(c.encode() + b"\r\n")
         return self.expect_ok(c.split()[0])
 
+    def capa(self):
+        """CAPA, as fetchmail and mpop send it first; returns the list."""
+        self.cmd("CAPA")
+        caps = []
+        while True:
+            ln = self.line()
+            if ln == b".":
+                return caps
+            caps.append(ln.split(b" ")[0].upper())
+
     def login(self):
         self.expect_ok("greeting")
+        # RFC 2449 6.6: a client pipelines only after CAPA showed PIPELINING.
+        self.pipelining = b"PIPELINING" in self.capa()
         self.cmd(f"USER {USER}")
         self.s.sendall(f"PASS {PASSWORD}\r\n".encode())
         self.expect_ok("PASS")
@@ -256,6 +316,8 @@ class Client:
         """Send all RETRs in one write, then read until as many responses
         have ended. Returns the bytes received."""
         assert not self.buf
+        if not self.pipelining:
+            raise BenchError("pipelined RETR: the server does not announce PIPELINING")
         if self.rbuf is None:
             self.rbuf = bytearray(4 << 20)
         mv = memoryview(self.rbuf)
@@ -477,12 +539,17 @@ def paired(samples):
     return med, ratio
 
 
-def bench_big(direct, proxy, big, pid):
+def bench_big(direct, proxy, big, pid, floor=None):
     """(a) RETR of the big message over one session per side, interleaved.
-    Returns (medians, ratio, samples, CPU ms per MB, bytes, client load)."""
+    floor = (port, pid) of a socat byte relay, measured in the same rounds
+    for its CPU per MB. Returns (medians, ratio, samples, CPU ms per MB,
+    bytes, client load, floor CPU ms per MB or None)."""
     conns = {}
     digests = {}
-    for name, port in (("direct", direct), ("proxy", proxy)):
+    sides = [("direct", direct), ("proxy", proxy)]
+    if floor is not None:
+        sides.append(("floor", floor[0]))
+    for name, port in sides:
         c = Client(port)
         c.login()
         h = hashlib.sha256()
@@ -495,8 +562,15 @@ def bench_big(direct, proxy, big, pid):
     sizes = set()
     cpu = 0.0
     moved = 0
+    fcpu = 0.0
+    fmoved = 0
     client_cpu = wall = 0.0
     for order in rounds():
+        if floor is not None:
+            c = conns["floor"]
+            c0 = tree_cpu_seconds(floor[1])
+            fmoved += c.retr_count(big)
+            fcpu += tree_cpu_seconds(floor[1]) - c0
         for name in order:
             c = conns[name]
             measure_cpu = pid is not None and name == "proxy"
@@ -519,7 +593,9 @@ def bench_big(direct, proxy, big, pid):
         c.close()
     med, ratio = paired(rates)
     cpu_ms_per_mb = (cpu * 1000 / (moved / MB)) if pid else None
-    return med, ratio, rates, (cpu_ms_per_mb, cpu, moved), sizes.pop(), client_cpu / wall
+    floor_ms = (fcpu * 1000 / (fmoved / MB)) if floor is not None else None
+    return (med, ratio, rates, (cpu_ms_per_mb, cpu, moved), sizes.pop(),
+            client_cpu / wall, floor_ms)
 
 
 def bench_small(direct, proxy, small):
@@ -610,7 +686,7 @@ def verdict(ok):
 
 
 def report(a, b, c, no_proxy):
-    med, ratio_a, rates, (cpu_ms, cpu_s, moved), size, client_load = a
+    med, ratio_a, rates, (cpu_ms, cpu_s, moved), size, client_load, floor_ms = a
     rows = []
     rows.append((f"(a) RETR 50 MiB, MB/s (median of {RUNS})",
                  f"{med['direct']:.0f}", f"{med['proxy']:.0f}", f"{ratio_a:.2f}x",
@@ -622,6 +698,9 @@ def report(a, b, c, no_proxy):
         rows.append(("(a) popgate CPU per MB", "-", f"{cpu_ms:.3f} ms", "-",
                      f"<= {TARGET_A_CPU_MS_PER_MB} ms",
                      verdict(cpu_ms <= TARGET_A_CPU_MS_PER_MB)))
+    if floor_ms is not None and cpu_ms is not None:
+        rows.append(("    socat byte relay CPU per MB (floor)", "-",
+                     f"{floor_ms:.3f} ms", f"{cpu_ms / floor_ms:.2f}x", "-", "-"))
     smed, sratio, sruns = b["seq"]
     pmed, pratio, pruns = b["pipe"]
     rows.append((f"(b) {SMALL_COUNT} RETR 4 KiB, 1 session, RETR/s",
@@ -656,9 +735,11 @@ def report(a, b, c, no_proxy):
     log(f"(a) runs, MB/s: {runs(rates)}; {size} bytes per RETR incl. status"
         f" line; client CPU {100 * client_load:.0f}% of wall time")
     if cpu_ms is not None:
-        tick = 1000 / os.sysconf("SC_CLK_TCK")
-        log(f"(a) popgate CPU: {1000 * cpu_s:.0f} ms (utime+stime, {tick:.0f} ms"
-            f" ticks) for {moved / MB:.0f} MB relayed")
+        log(f"(a) popgate CPU: {1000 * cpu_s:.0f} ms (schedstat run time, all"
+            f" threads) for {moved / MB:.0f} MB relayed")
+    if floor_ms is not None:
+        log("(a) floor: socat -b 262144, a byte relay that parses nothing, in the"
+            " same rounds; ratio = popgate / socat CPU per MB")
     log(f"(b) runs, RETR/s: {runs(sruns)}; pipelined: {runs(pruns)}")
     if c[1] is not None:
         log(f"(c) popgate VmRSS {c[1]} KiB -> {c[2]} KiB with {SESSIONS} sessions"
@@ -737,7 +818,15 @@ def main():
         log(f"(c) {SESSIONS} idle sessions through popgate ...")
         c = bench_sessions(pport, pid, dovecot.pid)
         log("(a) RETR 50 MiB, direct and through popgate ...")
-        a = bench_big(dport, pport, big, pid)
+        floor = None
+        if pid is not None:
+            fport = free_port()
+            socat = start_floor(tmp, fport, dport, pin[1] if pin else None)
+            if socat is not None:
+                floor = (fport, socat.pid)
+        a = bench_big(dport, pport, big, pid, floor)
+        if floor is not None:
+            stop(socat, "socat")
         log(f"(b) {SMALL_COUNT} RETR 4 KiB, direct and through popgate ...")
         b = bench_small(dport, pport, small)
         for p, name in ((dovecot, "dovecot"), (popgate, "popgate")):
