@@ -45,7 +45,7 @@ def test_counters_follow_sessions(popgate_factory):
 
     c = pg.session()
     c.stat()
-    msg = c.retr(1)
+    msg = c.retr(1)[1]
     bad = c.cmd("XTND XMIT")
     assert bad.startswith(b"-ERR")
     mid = values(scrape(mport)[1])

@@ -1,0 +1,584 @@
+"""Fixtures of the popgate integration suite.
+
+dovecot          a real Dovecot 2.3 (POP3 only, plaintext, passwd-file auth)
+                 started by the suite in its own directory; session scope.
+mailbox          the corpus layout: names <-> message numbers of user alice.
+direct           exact RETR blocks of alice's mailbox as Dovecot sends them.
+popgate          a popgate in front of that Dovecot (session scope).
+popgate_factory  start a popgate with a custom config (function scope).
+fake_upstream    factory of scripted fake POP3 upstreams (fakeupstream.py).
+scratch_user     a fresh Dovecot user with its own small mailbox (for DELE).
+
+Environment:
+  POPGATE_BIN          the binary (default <repo>/build/popgate)
+  POPGATE_TEST_TARGET  "dovecot": point the `popgate` fixture straight at
+                       Dovecot (only to debug the fixtures; most proxy tests
+                       then fail by design)
+"""
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import corpus as corpus_mod  # noqa: E402
+import pop3util  # noqa: E402
+from fakeupstream import FakeUpstream  # noqa: E402
+from pop3util import RawPOP3, free_port  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+MAIL_UID = 8
+MAIL_GID = 8
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:", "WARNING: ThreadSanitizer")
+
+
+def pytest_configure(config):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    config.addinivalue_line("markers", "slow: takes more than ~5 s (still run by default)")
+
+
+def popgate_bin():
+    b = os.environ.get("POPGATE_BIN") or os.path.join(REPO, "build", "popgate")
+    if not os.path.isabs(b):
+        b = os.path.join(REPO, b)
+    return b
+
+
+# ---------------------------------------------------------------------------
+# Dovecot
+# ---------------------------------------------------------------------------
+
+DOVECOT_CONF = """\
+base_dir = {d}/run
+state_dir = {d}/state
+instance_name = popgate-test-{port}
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login apop
+auth_failure_delay = 0
+log_path = {d}/dovecot.log
+first_valid_uid = {uid}
+first_valid_gid = {gid}
+mail_location = maildir:~/Maildir
+mail_max_userip_connections = 5000
+default_client_limit = 5000
+default_process_limit = 2000
+default_vsz_limit = 1G
+protocol pop3 {{
+  mail_max_userip_connections = 5000
+}}
+passdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={d}/mail/%u
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  service_count = 0
+  process_min_avail = 2
+  process_limit = 16
+  client_limit = 4000
+}}
+service pop3 {{
+  process_limit = 1500
+  client_limit = 1
+}}
+service auth {{
+  client_limit = 5000
+}}
+service anvil {{
+  client_limit = 5000
+  # no auth penalty for repeated failed logins from 127.0.0.1
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+service log {{
+  client_limit = 5000
+}}
+"""
+
+
+class Dovecot:
+    def __init__(self, corpus):
+        self.dir = tempfile.mkdtemp(prefix="popgate-it-dovecot-")
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        self.log = os.path.join(self.dir, "dovecot.log")
+        self.passwd = os.path.join(self.dir, "passwd")
+        self.store = os.path.join(self.dir, "store")   # originals for hardlinks
+        self.corpus = corpus
+        self.names = [n for n, _ in corpus]
+        self.number = {n: i + 1 for i, n in enumerate(self.names)}
+        self.users = {}
+        self._next_scratch = 0
+        self._lock = threading.Lock()
+        self.proc = None
+
+    # -- setup -------------------------------------------------------------
+    def prepare(self):
+        os.makedirs(self.store)
+        for name, data in self.corpus:
+            with open(os.path.join(self.store, name), "wb") as f:
+                f.write(data)
+        with open(self.conf, "w") as f:
+            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port,
+                                        uid=MAIL_UID, gid=MAIL_GID))
+        open(self.passwd, "w").close()
+        os.makedirs(os.path.join(self.dir, "mail"))
+        os.chown(os.path.join(self.dir, "mail"), MAIL_UID, MAIL_GID)
+        self.add_user("alice", "secret", self.names)
+        # users for clients that need a mailbox of their own
+        self.add_user("bob", "bobpass", corpus_mod.SMALL)
+
+    def add_user(self, user, password, names):
+        """Create user with a maildir holding the named corpus messages, in
+        that order (message n = names[n-1]). Hardlinks, no copies."""
+        home = os.path.join(self.dir, "mail", user)
+        md = os.path.join(home, "Maildir")
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(md, sub))
+        for i, name in enumerate(names):
+            # Dovecot assigns UIDs to new mail in the order of the timestamp
+            # at the start of the file name.
+            fn = "%d.M%dP%d.popgate" % (1000000000 + i, i, os.getpid())
+            os.link(os.path.join(self.store, name), os.path.join(md, "new", fn))
+        for root, dirs, files in os.walk(home):
+            os.chown(root, MAIL_UID, MAIL_GID)
+            for x in files:
+                os.chown(os.path.join(root, x), MAIL_UID, MAIL_GID)
+        with open(self.passwd, "a") as f:
+            # nodelay: failed logins are answered at once (tests do many)
+            f.write("%s:{PLAIN}%s::::::nodelay\n" % (user, password))
+        self.users[user] = list(names)
+        # passwd-file is re-read when its mtime/size change; make sure the
+        # change is seen even within the same second.
+        st = os.stat(self.passwd)
+        os.utime(self.passwd, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+
+    def scratch_user(self, names=None):
+        with self._lock:
+            self._next_scratch += 1
+            user = "scratch%03d" % self._next_scratch
+        self.add_user(user, "pw" + user, names or corpus_mod.SMALL)
+        # Dovecot re-reads passwd-file at most once a second: wait until
+        # the new user can log in.
+        end = time.monotonic() + 5
+        while True:
+            with self.connect() as c:
+                if c.cmd("USER " + user).startswith(b"+OK") and \
+                        c.cmd("PASS pw" + user).startswith(b"+OK"):
+                    c.cmd("QUIT")
+                    break
+            if time.monotonic() > end:
+                raise RuntimeError("dovecot does not know new user %s" % user)
+            time.sleep(0.2)
+        self.wait_user_disconnected(user, 1)
+        return user, "pw" + user
+
+    # -- process -----------------------------------------------------------
+    def start(self):
+        self.stdout = open(os.path.join(self.dir, "dovecot.stdout"), "wb")
+        self.proc = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", self.conf],
+                                     stdout=self.stdout, stderr=subprocess.STDOUT)
+        try:
+            pop3util.wait_greeting(self.port, timeout=20)
+        except Exception:
+            self.stop()
+            raise RuntimeError("dovecot did not start: %s\n%s" % (
+                self.read_file("dovecot.stdout"), self.read_file("dovecot.log")))
+
+    def read_file(self, name):
+        try:
+            with open(os.path.join(self.dir, name), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self):
+        return self.read_file("dovecot.log")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "stdout", None):
+            self.stdout.close()
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- helpers -----------------------------------------------------------
+    def connect(self, **kw):
+        return RawPOP3(self.port, **kw)
+
+    def session(self, user="alice", password=None):
+        c = self.connect()
+        c.login(user, password or ("secret" if user == "alice" else self.password(user)))
+        return c
+
+    def password(self, user):
+        with open(self.passwd) as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if fields[0] == user:
+                    return fields[1].replace("{PLAIN}", "")
+        raise KeyError(user)
+
+    def disconnects(self, user):
+        """Dovecot's "Disconnected" log lines of user's post-login sessions."""
+        tag = "pop3(%s)" % user
+        return [ln for ln in self.log_text().splitlines()
+                if tag in ln and "Disconnected" in ln]
+
+    def wait_user_disconnected(self, user, count=1, timeout=15.0):
+        """Wait until Dovecot logged at least `count` "Disconnected" lines
+        of user's post-login sessions (in total); return all of them."""
+        end = time.monotonic() + timeout
+        while True:
+            lines = self.disconnects(user)
+            if len(lines) >= count or time.monotonic() > end:
+                return lines
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    return corpus_mod.build()
+
+
+@pytest.fixture(scope="session")
+def dovecot(corpus):
+    d = Dovecot(corpus)
+    try:
+        d.prepare()
+        d.start()
+        # sanity: the message order in alice's mailbox is the corpus order
+        c = d.session()
+        n, _ = c.stat()
+        assert n == len(corpus), "dovecot sees %d messages, corpus has %d" % (n, len(corpus))
+        for i in (1, len(corpus) // 2, d.number["dots"]):
+            _, block = c.retr(i)
+            want = pop3util.to_crlf(corpus[i - 1][1])
+            got = pop3util.unstuff(block)
+            assert got.rstrip(b"\r\n") == want.rstrip(b"\r\n"), \
+                "message %d is not %s" % (i, corpus[i - 1][0])
+        c.quit()
+        yield d
+    finally:
+        d.stop()
+        if os.environ.get("POPGATE_KEEP_TMP"):
+            print("dovecot dir kept:", d.dir)
+        else:
+            d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def mailbox(dovecot):
+    """names <-> numbers of alice's messages."""
+    return dovecot
+
+
+class DirectCache:
+    """Exact (status, block) of each alice message as Dovecot sends it."""
+
+    def __init__(self, dovecot):
+        self.dovecot = dovecot
+        self.blocks = {}
+        self.digest = {}
+
+    def load(self):
+        c = self.dovecot.session()
+        for n in range(1, len(self.dovecot.names) + 1):
+            st, block = c.retr(n)
+            self.blocks[n] = (st, block)
+            self.digest[n] = hashlib.sha256(block).hexdigest()
+        c.quit()
+        return self
+
+    def __getitem__(self, n):
+        return self.blocks[n]
+
+
+@pytest.fixture(scope="session")
+def direct(dovecot):
+    return DirectCache(dovecot).load()
+
+
+@pytest.fixture
+def scratch_user(dovecot):
+    """A fresh user (name, password) with corpus.SMALL as its mailbox."""
+    return dovecot.scratch_user()
+
+
+@pytest.fixture
+def make_scratch_user(dovecot):
+    return dovecot.scratch_user
+
+
+# ---------------------------------------------------------------------------
+# popgate
+# ---------------------------------------------------------------------------
+
+def render_ini(sections):
+    """sections: list of (header, {key: value or [values]}) -> INI text."""
+    out = []
+    for header, keys in sections:
+        out.append("[%s]" % header)
+        for k, v in keys.items():
+            if v is None:
+                continue
+            for x in (v if isinstance(v, (list, tuple)) else [v]):
+                out.append("%s = %s" % (k, x))
+        out.append("")
+    return "\n".join(out)
+
+
+class Popgate:
+    """One popgate process with a generated config."""
+
+    def __init__(self, workdir, servers, popgate=None, listener=None, upstream=None,
+                 extra_sections=None, binary=None, env=None, port=None):
+        self.dir = workdir
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = port or free_port()
+        self.binary = binary or popgate_bin()
+        self.log_path = os.path.join(self.dir, "popgate.log")
+        self.stderr_path = os.path.join(self.dir, "popgate.stderr")
+        self.conf = os.path.join(self.dir, "popgate.ini")
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        pg = {"workers": 1, "log": self.log_path, "log_level": "info",
+              "shutdown_timeout": "5s"}
+        pg.update(popgate or {})
+        li = {"bind": "127.0.0.1:%d" % self.port, "tls": "off", "upstream": "up",
+              "max_clients": 10000, "max_clients_per_ip": 200,
+              "idle_timeout": "10m", "login_timeout": "3m", "max_errors": 10}
+        li.update(listener or {})
+        up = {"server": ["%s:%d" % s if isinstance(s, tuple) else s for s in servers],
+              "tls": "off", "connect_timeout": "10s", "timeout": "10m",
+              "max_response_line": 1024}
+        up.update(upstream or {})
+        self.sections = [("popgate", pg), ("listener:plain", li), ("upstream:up", up)]
+        self.sections += list(extra_sections or [])
+        self.proc = None
+        self.stopped = False
+        self.returncode = None
+
+    def write_config(self):
+        with open(self.conf, "w") as f:
+            f.write(render_ini(self.sections))
+
+    def start(self, ready_timeout=15.0):
+        if not os.path.exists(self.binary):
+            pytest.fail("popgate binary not found: %s (set POPGATE_BIN or run make)"
+                        % self.binary, pytrace=False)
+        self.write_config()
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([self.binary, "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=self._stderr, stderr=self._stderr, env=self.env)
+        ok = pop3util.wait_listening(self.port, timeout=ready_timeout,
+                                     alive=lambda: self.proc.poll() is None)
+        if not ok:
+            rc = self.proc.poll()
+            if rc is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            self._stderr.close()
+            pytest.fail("popgate did not listen on %d (rc=%r)\nconfig:\n%s\nstderr:\n%s" % (
+                self.port, rc, render_ini(self.sections), self.stderr_text()), pytrace=False)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_text(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_bytes(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def connect(self, **kw):
+        return RawPOP3(self.port, **kw)
+
+    def session(self, user="alice", password="secret", **kw):
+        c = self.connect(**kw)
+        c.login(user, password)
+        return c
+
+    def stop(self, timeout=None):
+        """SIGTERM, wait, and return the list of problems (empty = fine)."""
+        if self.stopped or self.proc is None:
+            return []
+        self.stopped = True
+        problems = []
+        if self.proc.poll() is not None:
+            # A test may have sent SIGTERM itself (exit 0 is then fine);
+            # anything else is a crash or an error exit.
+            if self.proc.returncode != 0:
+                problems.append("popgate had already exited with rc=%r" % self.proc.returncode)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout or 20)
+            except subprocess.TimeoutExpired:
+                problems.append("popgate did not exit within %ss of SIGTERM" % (timeout or 20))
+                self.proc.kill()
+                self.proc.wait(10)
+            else:
+                if self.proc.returncode != 0:
+                    problems.append("popgate exited with rc=%r after SIGTERM" % self.proc.returncode)
+        self.returncode = self.proc.returncode
+        self._stderr.close()
+        err = self.stderr_text()
+        for m in SANITIZER_MARKERS:
+            if m in err:
+                problems.append("sanitizer report (%s) on stderr" % m)
+        if problems:
+            problems.append("stderr (last 4000 chars):\n" + err[-4000:])
+        return problems
+
+    def check_stop(self):
+        problems = self.stop()
+        assert not problems, "\n".join(problems)
+
+
+class DovecotAsPopgate:
+    """POPGATE_TEST_TARGET=dovecot: fixture debugging only."""
+
+    def __init__(self, dovecot):
+        self.port = dovecot.port
+        self.pid = dovecot.proc.pid
+        self.log_path = os.devnull
+
+    def alive(self):
+        return True
+
+    def connect(self, **kw):
+        return RawPOP3(self.port, **kw)
+
+    def session(self, user="alice", password="secret", **kw):
+        c = self.connect(**kw)
+        c.login(user, password)
+        return c
+
+    def log_text(self):
+        return ""
+
+    def stop(self):
+        return []
+
+    def check_stop(self):
+        pass
+
+
+@pytest.fixture(scope="session")
+def popgate(dovecot, tmp_path_factory):
+    """The shared popgate in front of the test Dovecot."""
+    if os.environ.get("POPGATE_TEST_TARGET") == "dovecot":
+        yield DovecotAsPopgate(dovecot)
+        return
+    p = Popgate(str(tmp_path_factory.mktemp("popgate-shared")),
+                [(dovecot.host, dovecot.port)])
+    p.start()
+    yield p
+    p.check_stop()
+
+
+@pytest.fixture
+def popgate_factory(tmp_path, dovecot):
+    """popgate_factory(servers=None, popgate={}, listener={}, upstream={}, ...)
+    -> a started Popgate; servers default to the test Dovecot. Stopped (and
+    checked: exit 0, no sanitizer report) at teardown."""
+    started = []
+
+    def start(servers=None, start=True, **kw):
+        if servers is None:
+            servers = [(dovecot.host, dovecot.port)]
+        p = Popgate(str(tmp_path / ("popgate%d" % len(started))), servers, **kw)
+        started.append(p)
+        if start:
+            p.start()
+        return p
+
+    yield start
+    problems = []
+    for p in started:
+        problems += p.stop()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def fake_upstream():
+    """fake_upstream(greeting=..., on={...}, messages=[...]) -> started fake."""
+    fakes = []
+
+    def make(**kw):
+        f = FakeUpstream(**kw).start()
+        fakes.append(f)
+        return f
+
+    yield make
+    for f in fakes:
+        f.stop()
+
+
+@pytest.fixture
+def proxy_to_fake(fake_upstream, popgate_factory):
+    """proxy_to_fake(fake kwargs..., pg=dict(popgate_factory kwargs))
+    -> (popgate, fake)."""
+    def make(pg=None, **kw):
+        f = fake_upstream(**kw)
+        p = popgate_factory(servers=[("127.0.0.1", f.port)], **(pg or {}))
+        return p, f
+    return make
