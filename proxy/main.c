@@ -123,14 +123,26 @@ static const char *reload_blocker(const struct px_conf *a,
   return NULL;
 }
 
+/* The signals popgate handles. Workers run with them blocked, so that
+ * only the main thread, which has a handler for each, ever receives them. */
+static const int px_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+
+static void signal_mask(int how)
+{
+  sigset_t set;
+
+  sigemptyset(&set);
+  for (size_t i = 0; i < PX_ARRAY_LEN(px_signals); i++)
+    sigaddset(&set, px_signals[i]);
+  pthread_sigmask(how, &set, NULL);
+}
+
 static void close_main_handles(struct px_main *m)
 {
-  /* On the way out now: a late SIGTERM must not turn a clean exit into a
-   * kill (closing the handles restores the default action). */
-  signal(SIGTERM, SIG_IGN);
-  signal(SIGINT, SIG_IGN);
-  signal(SIGHUP, SIG_IGN);
-  signal(SIGUSR1, SIG_IGN);
+  /* On the way out now: closing a signal handle restores the default
+   * action, and a late SIGTERM must not turn a clean exit into a kill, so
+   * the signals stay blocked (and undelivered) from here on. */
+  signal_mask(SIG_BLOCK);
   for (size_t i = 0; i < PX_ARRAY_LEN(m->sig); i++)
     if (m->sig[i].loop != NULL && !uv_is_closing((uv_handle_t *)&m->sig[i]))
       uv_close((uv_handle_t *)&m->sig[i], NULL);
@@ -276,8 +288,7 @@ static void free_runtime(struct px_runtime *rt)
 
 int main(int argc, char **argv)
 {
-  static const int signums[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
-  _Static_assert(PX_ARRAY_LEN(signums) ==
+  _Static_assert(PX_ARRAY_LEN(px_signals) ==
                    PX_ARRAY_LEN(((struct px_main *)0)->sig),
                  "one handle per signal");
   struct px_main m;
@@ -356,11 +367,12 @@ int main(int argc, char **argv)
   if (m.rt.conf->user != NULL && (rc = drop_privileges(m.rt.conf->user)) < 0)
     goto out;
 
-  for (size_t i = 0; i < PX_ARRAY_LEN(signums); i++) {
+  for (size_t i = 0; i < PX_ARRAY_LEN(px_signals); i++) {
     uv_signal_init(m.loop, &m.sig[i]);
     m.sig[i].data = &m;
-    uv_signal_start(&m.sig[i], signal_cb, signums[i]);
+    uv_signal_start(&m.sig[i], signal_cb, px_signals[i]);
   }
+  signal_mask(SIG_BLOCK);         /* inherited by the worker threads */
   for (; m.started < m.rt.nworkers; m.started++) {
     rc = px_worker_start(&m.rt.workers[m.started]);
     if (rc < 0) {
@@ -369,6 +381,7 @@ int main(int argc, char **argv)
       break;
     }
   }
+  signal_mask(SIG_UNBLOCK);
   if (rc == 0)
     px_log(PX_LOG_INFO, "ev=start version=%s workers=%u listeners=%zu "
            "pid=%ld", PX_VERSION, m.rt.nworkers, m.rt.conf->nlisteners,

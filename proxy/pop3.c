@@ -282,8 +282,8 @@ void px_framer_reset(struct px_framer *f)
 
 /* Takes one CRLF line from in, joining it with a partial line kept from
  * earlier calls. Returns 1 with the line in *line and *len (CRLF excluded)
- * and the bytes taken in *used, 0
- * when all of in went into the partial line, or a negative code. */
+ * and the bytes taken in *used; 0 when all of in went into the partial
+ * line; or a negative code. */
 static int take_line(struct px_framer *f, const char *in, size_t n,
                      const char **line, size_t *len, size_t *used)
 {

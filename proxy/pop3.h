@@ -57,7 +57,7 @@ int px_pop3_line(const char *p, size_t n, size_t max, size_t *linelen);
  *   STAT NOOP RSET QUIT CAPA STLS UTF8: none
  *   LIST UIDL: none or a message number    RETR DELE: a message number
  *   TOP: a message number and a line count    USER PASS: one, non-empty
- *   APOP: name and digest    LANG: none or one
+ *   APOP: name and a 32-digit hex digest (RFC 1939 7)    LANG: none or one
  *   AUTH: none (mechanism list), or a mechanism and an optional initial
  *         response; EXTERNAL and *-PLUS mechanisms are refused (they do not
  *         survive TLS termination).
@@ -142,7 +142,8 @@ void px_framer_reset(struct px_framer *f);
  * the bytes consumed (possibly 0 together with an event), or a negative
  * code: PX_ELINE (a status or line-mode line over max_line), PX_EPROTO (a
  * status line that is not "+OK", "-ERR", or for SASL "+", followed by SP
- * or the end; a control byte in a status or line-mode line), UV_ENOMEM.
+ * or the end; a control byte other than TAB in a status or line-mode
+ * line), UV_ENOMEM.
  * Body bytes are unstuffed into out[0..outcap), outcap >= 2; o->p then
  * points into out. o->p of PX_FR_STATUS, PX_FR_CONT and PX_FR_LINE points
  * into in or into f's buffer, valid until the next call. After PX_FR_END

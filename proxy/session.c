@@ -1063,6 +1063,10 @@ static uint64_t next_deadline(const struct px_session *s,
   uint64_t dl = s->t_cli + s->cl->idle_timeout_ms;
 
   *which = PX_DL_IDLE;
+  /* Draining toward a close, only the client's progress counts: the
+   * upstream is gone and the login deadline has done its work. */
+  if (s->draining)
+    return dl;
   if (s->connecting && s->t_conn + s->cu->connect_timeout_ms < dl) {
     dl = s->t_conn + s->cu->connect_timeout_ms;
     *which = PX_DL_CONNECT;
