@@ -41,6 +41,7 @@ from pop3util import RawPOP3, free_port  # noqa: E402
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 MAIL_UID = 8
 MAIL_GID = 8
+LOG_FLOOD = 100 * 1024 * 1024      # a popgate log larger than this is a bug
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                      "runtime error:", "WARNING: ThreadSanitizer")
 
@@ -481,6 +482,16 @@ class Popgate:
         self.returncode = self.proc.returncode
         self._stderr.close()
         err = self.stderr_text()
+        try:
+            size = os.path.getsize(self.log_path)
+        except OSError:
+            size = 0
+        if size > LOG_FLOOD:
+            with open(self.log_path, "rb") as f:
+                head = f.read(2000).decode("utf-8", "replace")
+            problems.append("log flood: %s is %d bytes (truncated to 0 by the test "
+                            "suite); it began:\n%s" % (self.log_path, size, head))
+            os.truncate(self.log_path, 0)
         for m in SANITIZER_MARKERS:
             if m in err:
                 problems.append("sanitizer report (%s) on stderr" % m)
