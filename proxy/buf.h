@@ -17,14 +17,14 @@
 
 struct px_blk {
   struct px_blk *next;
-  size_t off;                     /* first unsent byte */
-  size_t len;                     /* bytes filled */
+  size_t off; /* first unsent byte */
+  size_t len; /* bytes filled */
   char data[PX_BLK_SIZE];
 };
 
 struct px_buf {
   struct px_blk *head, *tail;
-  size_t len;                     /* queued bytes, sum of len - off */
+  size_t len; /* queued bytes, sum of len - off */
 };
 
 void px_buf_init(struct px_buf *b);

@@ -29,13 +29,13 @@ struct px_cmdq_ent {
   int close_after;     /* PX_CQ_LOCAL: close the session after the reply */
   int sent;            /* RELAY: written upstream; GREETING: connected */
   size_t len;
-  char line[];         /* len bytes, CRLF included; not NUL-terminated */
+  char line[]; /* len bytes, CRLF included; not NUL-terminated */
 };
 
 struct px_cmdq {
   struct px_cmdq_ent *head, *tail;
   unsigned n;
-  unsigned max;        /* px_cmdq_push refuses beyond this many */
+  unsigned max; /* px_cmdq_push refuses beyond this many */
 };
 
 void px_cmdq_init(struct px_cmdq *q, unsigned max);

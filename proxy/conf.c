@@ -62,7 +62,7 @@
 #define PX_CONF_SHOW 80
 
 #define PX_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#define PX_UNUSED __attribute__((unused))
+#define PX_UNUSED       __attribute__((unused))
 
 #define FIELD(base, off, type) ((type *)(void *)((char *)(base) + (off)))
 
@@ -72,19 +72,25 @@
 
 const char *const px_tls_mode_names[] = { "off", "starttls", "implicit" };
 _Static_assert(sizeof px_tls_mode_names / sizeof *px_tls_mode_names ==
-                 PX_TLS_COUNT,
+                   PX_TLS_COUNT,
                "px_tls_mode_names out of sync");
 
 const char *const px_log_level_names[] = { "error", "warn", "info", "debug" };
 _Static_assert(sizeof px_log_level_names / sizeof *px_log_level_names ==
-                 PX_LOG_COUNT,
+                   PX_LOG_COUNT,
                "px_log_level_names out of sync");
 
 /* The kinds of section. SEC_NONE: before the first header. SEC_SKIP: after a
  * header that was itself an error; its keys are ignored without further
  * messages, which would only repeat the first one. */
-enum sec_kind { SEC_NONE = 0, SEC_MAIN, SEC_LISTENER, SEC_UPSTREAM, SEC_SKIP,
-                SEC_COUNT };
+enum sec_kind {
+  SEC_NONE = 0,
+  SEC_MAIN,
+  SEC_LISTENER,
+  SEC_UPSTREAM,
+  SEC_SKIP,
+  SEC_COUNT
+};
 static const char *const sec_kind_names[] = { "", "popgate", "listener",
                                               "upstream", "" };
 _Static_assert(sizeof sec_kind_names / sizeof *sec_kind_names == SEC_COUNT,
@@ -109,20 +115,19 @@ enum {
 struct key_def {
   const char *name;
   enum sec_kind sec;
-  parse_fn parse;       /* NULL: documented, not implemented by this build */
-  size_t off;           /* the field in struct px_conf, _listener, _upstream */
-  size_t off_n;         /* KEY_REPEATABLE lists: the field holding the count */
+  parse_fn parse; /* NULL: documented, not implemented by this build */
+  size_t off;     /* the field in struct px_conf, _listener, _upstream */
+  size_t off_n;   /* KEY_REPEATABLE lists: the field holding the count */
   unsigned flags;
-  uint64_t min, max;    /* numbers, sizes (bytes), durations (ms) */
-  const char *min_why;  /* replaces "out of range" below min */
+  uint64_t min, max;   /* numbers, sizes (bytes), durations (ms) */
+  const char *min_why; /* replaces "out of range" below min */
 };
 
 static int p_workers(struct loader *, const struct key_def *, const char *,
                      void *);
 static int p_user(struct loader *, const struct key_def *, const char *,
                   void *);
-static int p_log(struct loader *, const struct key_def *, const char *,
-                 void *);
+static int p_log(struct loader *, const struct key_def *, const char *, void *);
 static int p_log_level(struct loader *, const struct key_def *, const char *,
                        void *);
 static int p_duration(struct loader *, const struct key_def *, const char *,
@@ -131,18 +136,16 @@ static int p_uint(struct loader *, const struct key_def *, const char *,
                   void *);
 static int p_size(struct loader *, const struct key_def *, const char *,
                   void *);
-static int p_tls(struct loader *, const struct key_def *, const char *,
-                 void *);
+static int p_tls(struct loader *, const struct key_def *, const char *, void *);
 static int p_hostport(struct loader *, const struct key_def *, const char *,
                       void *);
 static int p_hostport_list(struct loader *, const struct key_def *,
                            const char *, void *);
-static int p_ref(struct loader *, const struct key_def *, const char *,
-                 void *);
+static int p_ref(struct loader *, const struct key_def *, const char *, void *);
 
-#define M(f) offsetof(struct px_conf, f)
+#define M(f)  offsetof(struct px_conf, f)
 #define L_(f) offsetof(struct px_conf_listener, f)
-#define U(f) offsetof(struct px_conf_upstream, f)
+#define U(f)  offsetof(struct px_conf_upstream, f)
 
 /* Every key popgate knows. A new key is one row here (and one field in
  * conf.h); popgate.ini documents each row. Rows without a parser are keys
@@ -153,33 +156,31 @@ static const struct key_def keys[] = {
   { "user", SEC_MAIN, p_user, M(user), 0, 0, 0, 0, NULL },
   { "log", SEC_MAIN, p_log, 0, 0, 0, 0, 0, NULL },
   { "log_level", SEC_MAIN, p_log_level, M(log_level), 0, 0, 0, 0, NULL },
-  { "shutdown_timeout", SEC_MAIN, p_duration, M(shutdown_timeout_ms), 0, 0,
-    0, 24 * MS_H, NULL },
-  { "metrics", SEC_MAIN, p_hostport, M(metrics), 0, KEY_IP_ONLY, 0, 0,
-    NULL },
+  { "shutdown_timeout", SEC_MAIN, p_duration, M(shutdown_timeout_ms), 0, 0, 0,
+    24 * MS_H, NULL },
+  { "metrics", SEC_MAIN, p_hostport, M(metrics), 0, KEY_IP_ONLY, 0, 0, NULL },
   { "spool_dir", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
   { "memory_per_message", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
   { "max_message_size", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
   { "memory_budget", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
   { "scan_threads", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
 
-  { "bind", SEC_LISTENER, p_hostport, L_(bind), 0,
-    KEY_REQUIRED | KEY_IP_ONLY, 0, 0, NULL },
+  { "bind", SEC_LISTENER, p_hostport, L_(bind), 0, KEY_REQUIRED | KEY_IP_ONLY,
+    0, 0, NULL },
   { "tls", SEC_LISTENER, p_tls, L_(tls), 0, 0, 0, 0, NULL },
-  { "upstream", SEC_LISTENER, p_ref, L_(upstream_name), 0, KEY_REQUIRED, 0,
-    0, NULL },
+  { "upstream", SEC_LISTENER, p_ref, L_(upstream_name), 0, KEY_REQUIRED, 0, 0,
+    NULL },
   { "max_clients", SEC_LISTENER, p_uint, L_(max_clients), 0, 0, 1, 1000000,
     NULL },
-  { "max_clients_per_ip", SEC_LISTENER, p_uint, L_(max_clients_per_ip), 0, 0,
-    0, 1000000, NULL },
+  { "max_clients_per_ip", SEC_LISTENER, p_uint, L_(max_clients_per_ip), 0, 0, 0,
+    1000000, NULL },
   { "idle_timeout", SEC_LISTENER, p_duration, L_(idle_timeout_ms), 0, 0,
     10 * MS_M, 24 * MS_H,
     "RFC 1939 section 3 requires an autologout timer of at least 10 "
     "minutes" },
-  { "login_timeout", SEC_LISTENER, p_duration, L_(login_timeout_ms), 0, 0,
-    MS_S, 24 * MS_H, NULL },
-  { "max_errors", SEC_LISTENER, p_uint, L_(max_errors), 0, 0, 1, 1000,
-    NULL },
+  { "login_timeout", SEC_LISTENER, p_duration, L_(login_timeout_ms), 0, 0, MS_S,
+    24 * MS_H, NULL },
+  { "max_errors", SEC_LISTENER, p_uint, L_(max_errors), 0, 0, 1, 1000, NULL },
   { "cert", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
   { "key", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
   { "tls_min_version", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
@@ -195,10 +196,10 @@ static const struct key_def keys[] = {
   { "tls", SEC_UPSTREAM, p_tls, U(tls), 0, 0, 0, 0, NULL },
   { "connect_timeout", SEC_UPSTREAM, p_duration, U(connect_timeout_ms), 0, 0,
     100, MS_H, NULL },
-  { "timeout", SEC_UPSTREAM, p_duration, U(timeout_ms), 0, 0, MS_S,
-    24 * MS_H, NULL },
-  { "max_response_line", SEC_UPSTREAM, p_size, U(max_response_line), 0, 0,
-    512, 65536, NULL },
+  { "timeout", SEC_UPSTREAM, p_duration, U(timeout_ms), 0, 0, MS_S, 24 * MS_H,
+    NULL },
+  { "max_response_line", SEC_UPSTREAM, p_size, U(max_response_line), 0, 0, 512,
+    65536, NULL },
   { "verify", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
   { "ca_file", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
   { "server_name", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
@@ -217,28 +218,28 @@ enum line_class { CLS_NONE = 0, CLS_KEY, CLS_CONT, CLS_DONE };
 
 /* Bookkeeping for one section instance. */
 struct sec_info {
-  int line;                       /* line of its [header] */
-  int seen[NKEYS];                /* line of each key's first occurrence */
+  int line;        /* line of its [header] */
+  int seen[NKEYS]; /* line of each key's first occurrence */
 };
 
 /* The value being collected: a key line and its continuation lines. */
 struct pending {
   int active;
-  const struct key_def *k;        /* NULL: collected, then thrown away */
-  int line;                       /* the key's line */
-  int last;                       /* its last continuation line */
+  const struct key_def *k; /* NULL: collected, then thrown away */
+  int line;                /* the key's line */
+  int last;                /* its last continuation line */
   char *val;
   size_t len, cap;
 };
 
 struct err_rec {
-  int line;                       /* 0: about the whole file */
+  int line; /* 0: about the whole file */
   int seq;
   char msg[PX_CONF_ERR_MSG];
 };
 
 struct loader {
-  const char *name;               /* the file, as messages name it */
+  const char *name; /* the file, as messages name it */
 
   /* Input: fp, or text[0..textlen). push[] holds bytes read ahead. */
   FILE *fp;
@@ -246,13 +247,13 @@ struct loader {
   size_t textlen, pos;
   unsigned char push[3];
   int npush;
-  int read_errno;                 /* EFBIG: more than PX_CONF_MAX_FILE */
+  int read_errno; /* EFBIG: more than PX_CONF_MAX_FILE */
   size_t nread;
 
   int lineno;
-  int have_prev;                  /* inih's prev_name is not empty */
+  int have_prev; /* inih's prev_name is not empty */
   enum line_class cls;
-  const char *buf;                /* inih's line buffer, and its size */
+  const char *buf; /* inih's line buffer, and its size */
   size_t bufsize;
 
   /* The current section. A duplicate section is parsed into the scratch_*
@@ -293,7 +294,7 @@ static PX_UNUSED const char *strerror_xsi(int r, char *buf)
   return r == 0 ? buf : "unknown error";
 }
 
-#define ERRSTR(e, buf)                                                     \
+#define ERRSTR(e, buf)                                                         \
   _Generic(strerror_r((e), (buf), sizeof(buf)), char *: strerror_gnu,      \
            default: strerror_xsi)(strerror_r((e), (buf), sizeof(buf)), (buf))
 
@@ -313,8 +314,8 @@ static const char *show(char buf[static PX_CONF_SHOW + 4], const char *s)
   return buf;
 }
 
-static PX_PRINTF(3, 4) void errorf(struct loader *L, int line,
-                                   const char *fmt, ...)
+static PX_PRINTF(3, 4) void errorf(struct loader *L, int line, const char *fmt,
+                                   ...)
 {
   struct err_rec *e;
   va_list ap;
@@ -356,11 +357,11 @@ static PX_PRINTF(2, 3) void bad(struct loader *L, const char *fmt, ...)
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   if (L->pend.last > L->pend.line)
-    snprintf(joined, sizeof joined, " (lines %d-%d joined: an indented "
-             "line continues the value above it)", L->pend.line,
-             L->pend.last);
-  if (L->pend.val != NULL && L->pend.len > 0 &&
-      has_hash_comment(L->pend.val))
+    snprintf(joined, sizeof joined,
+             " (lines %d-%d joined: an indented "
+             "line continues the value above it)",
+             L->pend.line, L->pend.last);
+  if (L->pend.val != NULL && L->pend.len > 0 && has_hash_comment(L->pend.val))
     hint = " (inline comments start with \";\" after a space, not \"#\")";
   errorf(L, L->pend.line, "%s%s%s", msg, joined, hint);
 }
@@ -414,7 +415,10 @@ static int parse_u64(const char *s, uint64_t *out, const char **end)
 
 int px_conf_parse_duration(const char *s, uint64_t *ms)
 {
-  static const struct { const char *unit; uint64_t ms; } units[] = {
+  static const struct {
+    const char *unit;
+    uint64_t ms;
+  } units[] = {
     { "", MS_S }, { "ms", 1 }, { "s", MS_S }, { "m", MS_M }, { "h", MS_H },
   };
   const char *end;
@@ -666,8 +670,8 @@ static const char *size_str(char *buf, size_t n, uint64_t b)
 
 /* ---- value parsers (one per field type; see keys[]) ---- */
 
-static int p_workers(struct loader *L, const struct key_def *k,
-                     const char *v, void *base)
+static int p_workers(struct loader *L, const struct key_def *k, const char *v,
+                     void *base)
 {
   char q[PX_CONF_SHOW + 4];
   uint64_t n;
@@ -677,8 +681,10 @@ static int p_workers(struct loader *L, const struct key_def *k,
     return 0;
   }
   if (parse_u64(v, &n, NULL) != 0) {
-    bad(L, "bad value \"%s\" for %s (use auto or a number from %" PRIu64
-           " to %" PRIu64 ")", show(q, v), k->name, k->min, k->max);
+    bad(L,
+        "bad value \"%s\" for %s (use auto or a number from %" PRIu64
+        " to %" PRIu64 ")",
+        show(q, v), k->name, k->min, k->max);
     return -EINVAL;
   }
   if (n < k->min || n > k->max) {
@@ -697,8 +703,10 @@ static int p_uint(struct loader *L, const struct key_def *k, const char *v,
   uint64_t n;
 
   if (parse_u64(v, &n, NULL) != 0) {
-    bad(L, "bad number \"%s\" for %s (use a whole number from %" PRIu64
-           " to %" PRIu64 ")", show(q, v), k->name, k->min, k->max);
+    bad(L,
+        "bad number \"%s\" for %s (use a whole number from %" PRIu64
+        " to %" PRIu64 ")",
+        show(q, v), k->name, k->min, k->max);
     return -EINVAL;
   }
   if (n < k->min || n > k->max) {
@@ -710,8 +718,8 @@ static int p_uint(struct loader *L, const struct key_def *k, const char *v,
   return 0;
 }
 
-static int p_duration(struct loader *L, const struct key_def *k,
-                      const char *v, void *base)
+static int p_duration(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
 {
   char q[PX_CONF_SHOW + 4], lo[32], hi[32];
   uint64_t ms;
@@ -794,8 +802,8 @@ static int p_tls(struct loader *L, const struct key_def *k, const char *v,
   return 0;
 }
 
-static int p_log_level(struct loader *L, const struct key_def *k,
-                       const char *v, void *base)
+static int p_log_level(struct loader *L, const struct key_def *k, const char *v,
+                       void *base)
 {
   char q[PX_CONF_SHOW + 4];
   int i;
@@ -806,8 +814,8 @@ static int p_log_level(struct loader *L, const struct key_def *k,
       return 0;
     }
   }
-  bad(L, "bad value \"%s\" for %s (use error, warn, info or debug)",
-      show(q, v), k->name);
+  bad(L, "bad value \"%s\" for %s (use error, warn, info or debug)", show(q, v),
+      k->name);
   return -EINVAL;
 }
 
@@ -838,8 +846,10 @@ static int p_log(struct loader *L, const struct key_def *k, const char *v,
     if ((path = xstrdup(L, v)) == NULL)
       return -ENOMEM;
   } else {
-    bad(L, "bad value \"%s\" for %s (use stderr, syslog or an absolute file "
-           "path)", show(q, v), k->name);
+    bad(L,
+        "bad value \"%s\" for %s (use stderr, syslog or an absolute file "
+        "path)",
+        show(q, v), k->name);
     return -EINVAL;
   }
   free(c->log_path);
@@ -888,8 +898,10 @@ static int hostport_value(struct loader *L, const struct key_def *k,
     return rc;
   }
   if ((k->flags & KEY_IP_ONLY) && !is_ip(hp->host)) {
-    bad(L, "bad address \"%s\" for %s: the host must be an IP address, "
-           "such as 127.0.0.1, 0.0.0.0, [::1] or [::]", show(q, v), k->name);
+    bad(L,
+        "bad address \"%s\" for %s: the host must be an IP address, "
+        "such as 127.0.0.1, 0.0.0.0, [::1] or [::]",
+        show(q, v), k->name);
     hostport_free(hp);
     return -EINVAL;
   }
@@ -897,8 +909,8 @@ static int hostport_value(struct loader *L, const struct key_def *k,
   return 0;
 }
 
-static int p_hostport(struct loader *L, const struct key_def *k,
-                      const char *v, void *base)
+static int p_hostport(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
 {
   struct px_conf_hostport *dst = FIELD(base, k->off, struct px_conf_hostport);
   struct px_conf_hostport hp = { NULL, NULL, 0 };
@@ -917,7 +929,7 @@ static int p_hostport_list(struct loader *L, const struct key_def *k,
                            const char *v, void *base)
 {
   struct px_conf_hostport **arr =
-    FIELD(base, k->off, struct px_conf_hostport *);
+      FIELD(base, k->off, struct px_conf_hostport *);
   size_t *n = FIELD(base, k->off_n, size_t);
   struct px_conf_hostport hp = { NULL, NULL, 0 };
   struct px_conf_hostport *grown;
@@ -1117,8 +1129,7 @@ static int add_named(struct loader *L, enum sec_kind kind, const char *name)
     }
     *info = ni;
     if (listener) {
-      struct px_conf_listener *a =
-        realloc(L->c->listeners, ncap * sizeof *a);
+      struct px_conf_listener *a = realloc(L->c->listeners, ncap * sizeof *a);
       if (a == NULL) {
         free(s);
         oom(L);
@@ -1187,14 +1198,17 @@ static void begin_section(struct loader *L, char *inner, const char *after)
 
   if (kind == SEC_NONE) {
     if (strcmp(inner, "filter") == 0 && name != NULL) {
-      errorf(L, line, "section [filter:NAME] is not supported yet by this "
-                      "build");
+      errorf(L, line,
+             "section [filter:NAME] is not supported yet by this "
+             "build");
       return;
     }
     if (colon != NULL)
       *colon = ':';
-    errorf(L, line, "unknown section [%s] (use [popgate], [listener:NAME] "
-                    "or [upstream:NAME])", show(q, inner));
+    errorf(L, line,
+           "unknown section [%s] (use [popgate], [listener:NAME] "
+           "or [upstream:NAME])",
+           show(q, inner));
     return;
   }
   if (kind == SEC_MAIN) {
@@ -1220,8 +1234,9 @@ static void begin_section(struct loader *L, char *inner, const char *after)
     return;
   }
   if (!is_name(name)) {
-    errorf(L, line, "bad section name \"%s\" in [%s:...] (use up to %d "
-                    "letters, digits, \"_\", \".\" and \"-\")",
+    errorf(L, line,
+           "bad section name \"%s\" in [%s:...] (use up to %d "
+           "letters, digits, \"_\", \".\" and \"-\")",
            show(q, name), sec_kind_names[kind], PX_CONF_MAX_NAME);
     return;
   }
@@ -1282,8 +1297,8 @@ static int pend_append(struct loader *L, const char *s, size_t n)
   size_t need = p->len + (p->len > 0) + n + 1;
 
   if (need > PX_CONF_MAX_VALUE + 1) {
-    errorf(L, p->line, "value of %s is longer than %d characters",
-           p->k->name, PX_CONF_MAX_VALUE);
+    errorf(L, p->line, "value of %s is longer than %d characters", p->k->name,
+           PX_CONF_MAX_VALUE);
     p->k = NULL;
     return -1;
   }
@@ -1322,8 +1337,9 @@ static void begin_key(struct loader *L, const char *name, const char *value)
   p->len = 0;
 
   if (L->kind == SEC_NONE) {
-    errorf(L, L->lineno, "key \"%s\" outside of any section (put it under "
-                         "[popgate], [listener:NAME] or [upstream:NAME])",
+    errorf(L, L->lineno,
+           "key \"%s\" outside of any section (put it under "
+           "[popgate], [listener:NAME] or [upstream:NAME])",
            show(q, name));
     return;
   }
@@ -1349,14 +1365,16 @@ static void begin_key(struct loader *L, const char *name, const char *value)
     return;
   }
   if (k->parse == NULL) {
-    errorf(L, L->lineno, "key \"%s\" in %s is not supported yet by this "
-                         "build", name, cur_label(L, sec, sizeof sec));
+    errorf(L, L->lineno,
+           "key \"%s\" in %s is not supported yet by this "
+           "build",
+           name, cur_label(L, sec, sizeof sec));
     return;
   }
   i = (size_t)(k - keys);
   if (L->info->seen[i] != 0 && !(k->flags & KEY_REPEATABLE)) {
-    errorf(L, L->lineno, "duplicate key \"%s\" in %s (first at line %d)",
-           name, cur_label(L, sec, sizeof sec), L->info->seen[i]);
+    errorf(L, L->lineno, "duplicate key \"%s\" in %s (first at line %d)", name,
+           cur_label(L, sec, sizeof sec), L->info->seen[i]);
     return;
   }
   if (L->info->seen[i] == 0)
@@ -1478,8 +1496,9 @@ static const char *find_chars_or_comment(const char *s, const char *chars)
 
 static void internal_error(struct loader *L)
 {
-  errorf(L, L->lineno, "internal error: inih read this line differently "
-                       "(please report this)");
+  errorf(L, L->lineno,
+         "internal error: inih read this line differently "
+         "(please report this)");
 }
 
 /* A key or continuation line that inih did not pass to handler_cb() means
@@ -1572,8 +1591,9 @@ static char *reader_cb(char *str, int num, void *stream)
     L->have_prev = end > p;
     L->cls = CLS_KEY;
   } else {
-    errorf(L, L->lineno, "expected \"key = value\", \"[section]\" or a "
-                         "comment");
+    errorf(L, L->lineno,
+           "expected \"key = value\", \"[section]\" or a "
+           "comment");
   }
   return str;
 }
@@ -1647,13 +1667,15 @@ static void finish(struct loader *L)
       if (strcmp(c->upstreams[j].name, l->upstream_name) == 0)
         l->upstream = &c->upstreams[j];
     if (l->upstream == NULL)
-      errorf(L, L->linfo[i].seen[ki], "upstream \"%s\" in [listener:%s] is "
-             "not defined (no [upstream:%s] section)", l->upstream_name,
-             l->name, l->upstream_name);
+      errorf(L, L->linfo[i].seen[ki],
+             "upstream \"%s\" in [listener:%s] is "
+             "not defined (no [upstream:%s] section)",
+             l->upstream_name, l->name, l->upstream_name);
   }
   if (c->nlisteners == 0)
-    errorf(L, 0, "no [listener:NAME] section: at least one listener is "
-                 "required");
+    errorf(L, 0,
+           "no [listener:NAME] section: at least one listener is "
+           "required");
 
   /* With SO_REUSEPORT two listeners on one address would both bind and
    * share the connections silently. */
@@ -1664,7 +1686,8 @@ static void finish(struct loader *L)
     for (j = 0; j < i; j++) {
       struct px_conf_listener *o = &c->listeners[j];
       if (o->bind.host != NULL && same_hostport(&l->bind, &o->bind)) {
-        errorf(L, l->bind.line, "bind = %s in [listener:%s] is already "
+        errorf(L, l->bind.line,
+               "bind = %s in [listener:%s] is already "
                "used by [listener:%s] (line %d)",
                hostport_str(a, sizeof a, &l->bind), l->name, o->name,
                o->bind.line);
@@ -1672,7 +1695,8 @@ static void finish(struct loader *L)
       }
     }
     if (c->metrics.host != NULL && same_hostport(&l->bind, &c->metrics))
-      errorf(L, c->metrics.line, "metrics = %s is also the bind of "
+      errorf(L, c->metrics.line,
+             "metrics = %s is also the bind of "
              "[listener:%s] (line %d)",
              hostport_str(b, sizeof b, &c->metrics), l->name, l->bind.line);
   }
@@ -1719,8 +1743,7 @@ static void write_errors(struct loader *L, char *err, size_t errlen)
   }
 }
 
-static void put_err(char *err, size_t errlen, const char *name,
-                    const char *msg)
+static void put_err(char *err, size_t errlen, const char *name, const char *msg)
 {
   if (err != NULL && errlen > 0)
     snprintf(err, errlen, "%s: %s\n", name, msg);

@@ -20,7 +20,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
   (void)buf;
   if (nread == 0)
-    return;                       /* EAGAIN, not EOF */
+    return; /* EAGAIN, not EOF */
   if (nread > 0) {
     c->bytes_in += (uint64_t)nread;
     c->ops->read(c, c->slab, nread);

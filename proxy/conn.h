@@ -19,7 +19,7 @@
  * that produces for it stops reading; below PX_LOW_WATER it resumes.
  * Without them a slow reader would make the proxy hold a whole message. */
 #define PX_HIGH_WATER (256 * 1024)
-#define PX_LOW_WATER (64 * 1024)
+#define PX_LOW_WATER  (64 * 1024)
 
 /* At most this many blocks go into one uv_write (1 MiB with 32 KiB). */
 #define PX_WRITE_MAX_BLKS 32
@@ -41,18 +41,18 @@ struct px_conn_ops {
 struct px_conn {
   uv_tcp_t tcp;
   uv_write_t wreq;
-  struct px_blk *wchain;          /* blocks owned by the write in flight */
-  size_t wbytes;                  /* their bytes */
-  struct px_buf out;              /* queued, not yet given to libuv */
+  struct px_blk *wchain; /* blocks owned by the write in flight */
+  size_t wbytes;         /* their bytes */
+  struct px_buf out;     /* queued, not yet given to libuv */
   const struct px_conn_ops *ops;
   void *owner;
-  char *slab;                     /* the worker's shared read buffer */
+  char *slab; /* the worker's shared read buffer */
   size_t slabsz;
-  unsigned open : 1;              /* tcp initialized and not yet closed */
+  unsigned open : 1; /* tcp initialized and not yet closed */
   unsigned reading : 1;
   unsigned writing : 1;
   uint64_t bytes_in, bytes_out;
-  size_t wdone;                   /* bytes of the write that just finished */
+  size_t wdone; /* bytes of the write that just finished */
 };
 
 /* Initializes c's handle on loop. Holds one reference until closed. Reads

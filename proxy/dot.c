@@ -6,10 +6,10 @@
 #include <emmintrin.h>
 #endif
 
-const char *const px_dot_state_names[] = { "sol", "text", "cr", "dot",
-                                           "dotcr", "done" };
+const char *const px_dot_state_names[] = { "sol", "text",  "cr",
+                                           "dot", "dotcr", "done" };
 _Static_assert(sizeof px_dot_state_names / sizeof *px_dot_state_names ==
-                 PX_DOT_COUNT,
+                   PX_DOT_COUNT,
                "px_dot_state_names out of sync");
 
 void px_dot_init(struct px_dot *d)
@@ -97,8 +97,8 @@ void px_dot_enc_init(struct px_dot_enc *e)
   e->bytes = 0;
 }
 
-size_t px_dot_encode(struct px_dot_enc *e, const char *in, size_t n,
-                     char *out, size_t cap, size_t *outn)
+size_t px_dot_encode(struct px_dot_enc *e, const char *in, size_t n, char *out,
+                     size_t cap, size_t *outn)
 {
   size_t i = 0, o = 0;
 
@@ -159,7 +159,7 @@ static const char *find_lf_dot(const char *p, const char *end)
     __m128i a = _mm_loadu_si128((const __m128i *)(const void *)p);
     __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
     int m = _mm_movemask_epi8(
-      _mm_and_si128(_mm_cmpeq_epi8(a, lf), _mm_cmpeq_epi8(b, dot)));
+        _mm_and_si128(_mm_cmpeq_epi8(a, lf), _mm_cmpeq_epi8(b, dot)));
     if (m != 0)
       return p + __builtin_ctz((unsigned)m);
     p += 16;

@@ -44,9 +44,9 @@ size_t px_dot_decode(struct px_dot *d, const char *in, size_t n, char *out,
                      size_t *outn);
 
 struct px_dot_enc {
-  int sol;        /* the next byte starts a line */
+  int sol;               /* the next byte starts a line */
   unsigned char last[2]; /* the last two body bytes, for the terminator */
-  uint64_t bytes; /* body bytes consumed so far */
+  uint64_t bytes;        /* body bytes consumed so far */
 };
 
 void px_dot_enc_init(struct px_dot_enc *e);
@@ -58,8 +58,8 @@ void px_dot_enc_init(struct px_dot_enc *e);
  * out[0..cap), never splitting the stuffed pair, and returns the bytes
  * consumed; *outn receives the bytes written. cap >= 2 guarantees
  * progress; cap >= 2 * n consumes everything. */
-size_t px_dot_encode(struct px_dot_enc *e, const char *in, size_t n,
-                     char *out, size_t cap, size_t *outn);
+size_t px_dot_encode(struct px_dot_enc *e, const char *in, size_t n, char *out,
+                     size_t cap, size_t *outn);
 
 /* Re-stuffs a multi-line body as it streams through: out receives exactly
  * what px_dot_encode(e) would produce from what px_dot_decode(d) produces

@@ -19,7 +19,7 @@
 #include "session.h"
 #include "worker.h"
 
-#define PX_BACKLOG 511
+#define PX_BACKLOG       511
 #define PX_IPTAB_BUCKETS 1024
 
 /* Clients per address, for max_clients_per_ip. IPv4 addresses are kept as
@@ -47,7 +47,7 @@ static void addr_key(const struct sockaddr *sa, unsigned char key[16])
 
 static unsigned addr_hash(const unsigned char key[16])
 {
-  uint32_t h = 2166136261u;       /* FNV-1a */
+  uint32_t h = 2166136261u; /* FNV-1a */
   for (int i = 0; i < 16; i++)
     h = (h ^ key[i]) * 16777619u;
   return h % PX_IPTAB_BUCKETS;
@@ -115,8 +115,7 @@ void px_lrt_release(struct px_lrt *l, const struct sockaddr *sa)
 static int bind_one(const struct addrinfo *ai, int reuseport)
 {
   int one = 1;
-  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                  0);
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
   if (fd == -1)
     return -errno;
@@ -221,7 +220,7 @@ int px_listener_start(struct px_worker *w)
     rc = uv_tcp_open(t, rt->lrt[i].fds[w->idx]);
     if (rc < 0)
       return rc;
-    rt->lrt[i].fds[w->idx] = -1;  /* the handle owns it now */
+    rt->lrt[i].fds[w->idx] = -1; /* the handle owns it now */
     rc = uv_listen((uv_stream_t *)t, PX_BACKLOG, accept_cb);
     if (rc < 0)
       return rc;

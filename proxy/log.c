@@ -18,31 +18,38 @@
 /* The one piece of process-wide state besides the signal handlers: the
  * log destination belongs to the process, not to a worker. */
 static struct {
-  pthread_mutex_t mu;             /* guards target/fd/path changes only */
+  pthread_mutex_t mu; /* guards target/fd/path changes only */
   enum px_log_target target;
   int fd;
   char *path;
-  int level;                      /* read without the lock: an int */
-} g_log = { PTHREAD_MUTEX_INITIALIZER, PX_LOGT_STDERR, 2, NULL,
-            PX_LOG_INFO };
+  int level; /* read without the lock: an int */
+} g_log = { PTHREAD_MUTEX_INITIALIZER, PX_LOGT_STDERR, 2, NULL, PX_LOG_INFO };
 
-static const int syslog_prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO,
-                                   LOG_DEBUG };
+static const int syslog_prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
 _Static_assert(sizeof syslog_prio / sizeof *syslog_prio == PX_LOG_COUNT,
                "syslog_prio out of sync");
 
 const char *px_strerror(int err)
 {
   switch (err) {
-  case PX_EPROTO: return "protocol violation";
-  case PX_ELINE: return "line too long";
-  case PX_EBADCMD: return "unknown command";
-  case PX_EBADARG: return "bad arguments";
-  case PX_EBADCHAR: return "control character in command";
-  case PX_ETIMEDOUT: return "timed out";
-  case PX_EUPSTREAM: return "no upstream server reachable";
-  case PX_ELIMIT: return "limit reached";
-  default: return uv_strerror(err);
+  case PX_EPROTO:
+    return "protocol violation";
+  case PX_ELINE:
+    return "line too long";
+  case PX_EBADCMD:
+    return "unknown command";
+  case PX_EBADARG:
+    return "bad arguments";
+  case PX_EBADCHAR:
+    return "control character in command";
+  case PX_ETIMEDOUT:
+    return "timed out";
+  case PX_EUPSTREAM:
+    return "no upstream server reachable";
+  case PX_ELIMIT:
+    return "limit reached";
+  default:
+    return uv_strerror(err);
   }
 }
 

@@ -23,7 +23,7 @@ void px_log_close(void);
 int px_log_enabled(enum px_log_level lvl);
 
 void px_log(enum px_log_level lvl, const char *fmt, ...)
-  __attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 /* Copies peer text into out[0..cap) as printable ASCII: bytes outside
  * 0x21-0x7E become \xNN (space too, so values never split a key=value

@@ -38,7 +38,7 @@ struct px_main {
   struct px_metrics metrics;
   uv_async_t worker_done;
   int stopping;
-  unsigned started;               /* workers running */
+  unsigned started; /* workers running */
 };
 
 struct px_conf *px_runtime_conf(struct px_runtime *rt)
@@ -54,12 +54,11 @@ struct px_conf *px_runtime_conf(struct px_runtime *rt)
 
 static void usage(FILE *f)
 {
-  fprintf(f,
-          "usage: popgate -c FILE      run in the foreground\n"
-          "       popgate -t -c FILE   check FILE and exit (0 if valid)\n"
-          "       popgate -V           print versions\n"
-          "       popgate -h           this help\n"
-          "signals: HUP reload, TERM/INT stop, USR1 reopen the log file\n");
+  fprintf(f, "usage: popgate -c FILE      run in the foreground\n"
+             "       popgate -t -c FILE   check FILE and exit (0 if valid)\n"
+             "       popgate -V           print versions\n"
+             "       popgate -h           this help\n"
+             "signals: HUP reload, TERM/INT stop, USR1 reopen the log file\n");
 }
 
 static void versions(void)
@@ -170,8 +169,10 @@ static void reload(struct px_main *m)
   }
   why = reload_blocker(m->rt.conf, nc);
   if (why != NULL) {
-    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s; restart to apply\" "
-           "action=kept_old", why);
+    px_log(PX_LOG_ERROR,
+           "ev=reload_failed err=\"%s; restart to apply\" "
+           "action=kept_old",
+           why);
     px_conf_unref(&nc);
     return;
   }
@@ -186,7 +187,7 @@ static void reload(struct px_main *m)
   old = m->rt.conf;
   m->rt.conf = nc;
   pthread_mutex_unlock(&m->rt.mu);
-  px_conf_unref(&old);            /* sessions still on it keep their refs */
+  px_conf_unref(&old); /* sessions still on it keep their refs */
   px_log(PX_LOG_INFO, "ev=reload status=ok");
 }
 
@@ -289,7 +290,7 @@ static void free_runtime(struct px_runtime *rt)
 int main(int argc, char **argv)
 {
   _Static_assert(PX_ARRAY_LEN(px_signals) ==
-                   PX_ARRAY_LEN(((struct px_main *)0)->sig),
+                     PX_ARRAY_LEN(((struct px_main *)0)->sig),
                  "one handle per signal");
   struct px_main m;
   const char *path = NULL;
@@ -372,20 +373,21 @@ int main(int argc, char **argv)
     m.sig[i].data = &m;
     uv_signal_start(&m.sig[i], signal_cb, px_signals[i]);
   }
-  signal_mask(SIG_BLOCK);         /* inherited by the worker threads */
+  signal_mask(SIG_BLOCK); /* inherited by the worker threads */
   for (; m.started < m.rt.nworkers; m.started++) {
     rc = px_worker_start(&m.rt.workers[m.started]);
     if (rc < 0) {
-      px_log(PX_LOG_ERROR, "ev=start_failed err=\"worker %u: %s\"",
-             m.started, uv_strerror(rc));
+      px_log(PX_LOG_ERROR, "ev=start_failed err=\"worker %u: %s\"", m.started,
+             uv_strerror(rc));
       break;
     }
   }
   signal_mask(SIG_UNBLOCK);
   if (rc == 0)
-    px_log(PX_LOG_INFO, "ev=start version=%s workers=%u listeners=%zu "
-           "pid=%ld", PX_VERSION, m.rt.nworkers, m.rt.conf->nlisteners,
-           (long)getpid());
+    px_log(PX_LOG_INFO,
+           "ev=start version=%s workers=%u listeners=%zu "
+           "pid=%ld",
+           PX_VERSION, m.rt.nworkers, m.rt.conf->nlisteners, (long)getpid());
   else
     stop(&m, SIGTERM);
 

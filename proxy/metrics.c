@@ -18,16 +18,16 @@
 #include "px.h"
 
 /* A request head larger than this is not a scrape. */
-#define PX_MREQ_MAX 4096
+#define PX_MREQ_MAX        4096
 #define PX_MREQ_TIMEOUT_MS 5000
-#define PX_MRESP_MAX 16384
+#define PX_MRESP_MAX       16384
 
 struct mconn {
   uv_tcp_t tcp;
   uv_timer_t timer;
   uv_write_t wreq;
   struct px_metrics *m;
-  int refs;                       /* one per open handle */
+  int refs; /* one per open handle */
   int answered;
   size_t len;
   char req[PX_MREQ_MAX];
@@ -65,7 +65,7 @@ struct out {
 };
 
 static void put(struct out *o, const char *fmt, ...)
-  __attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 static void put(struct out *o, const char *fmt, ...)
 {
@@ -110,15 +110,12 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
     sum.upstream_errors_total += PX_CTR_GET(c->upstream_errors_total);
   }
 
-  counter(&o, "connections_total", "Client connections accepted.",
-          "counter");
+  counter(&o, "connections_total", "Client connections accepted.", "counter");
   put(&o, "popgate_connections_total %" PRIu64 "\n", sum.connections_total);
   counter(&o, "connections_active", "Client sessions open now.", "gauge");
-  put(&o, "popgate_connections_active %" PRId64 "\n",
-      sum.connections_active);
+  put(&o, "popgate_connections_active %" PRId64 "\n", sum.connections_active);
   counter(&o, "connections_refused_total",
-          "Clients refused at max_clients or max_clients_per_ip.",
-          "counter");
+          "Clients refused at max_clients or max_clients_per_ip.", "counter");
   put(&o, "popgate_connections_refused_total %" PRIu64 "\n",
       sum.connections_refused);
   counter(&o, "commands_total", "Client commands accepted, by command.",
@@ -127,8 +124,7 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
     put(&o, "popgate_commands_total{command=\"%s\"} %" PRIu64 "\n",
         px_cmd_names[i], sum.commands_total[i]);
   counter(&o, "commands_rejected_total",
-          "Client lines answered -ERR by popgate and not relayed.",
-          "counter");
+          "Client lines answered -ERR by popgate and not relayed.", "counter");
   put(&o, "popgate_commands_rejected_total %" PRIu64 "\n",
       sum.commands_rejected);
   counter(&o, "bytes_total", "Bytes relayed, by direction.", "counter");

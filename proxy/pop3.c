@@ -9,10 +9,10 @@
 
 #include "px.h"
 
-const char *const px_cmd_names[] = {
-  "USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "UIDL", "RETR", "TOP",
-  "DELE", "NOOP", "RSET", "QUIT", "CAPA", "STLS", "UTF8", "LANG"
-};
+const char *const px_cmd_names[] = { "USER", "PASS", "APOP", "AUTH", "STAT",
+                                     "LIST", "UIDL", "RETR", "TOP",  "DELE",
+                                     "NOOP", "RSET", "QUIT", "CAPA", "STLS",
+                                     "UTF8", "LANG" };
 _Static_assert(sizeof px_cmd_names / sizeof *px_cmd_names == PX_CMD_COUNT,
                "px_cmd_names out of sync");
 
@@ -125,9 +125,9 @@ static int check_args(struct px_cmd *c)
     return c->nargs == 1 && is_digits(a0, l0, NUMBER_MAX) ? 0 : PX_EBADARG;
   case PX_CMD_TOP:
     return c->nargs == 2 && is_digits(a0, l0, NUMBER_MAX) &&
-               is_digits(a1, l1, NUMBER_MAX)
-             ? 0
-             : PX_EBADARG;
+                   is_digits(a1, l1, NUMBER_MAX)
+               ? 0
+               : PX_EBADARG;
   case PX_CMD_USER:
   case PX_CMD_PASS:
     return c->nargs == 1 && l0 > 0 ? 0 : PX_EBADARG;
@@ -159,8 +159,7 @@ static int check_args(struct px_cmd *c)
   return PX_EBADARG;
 }
 
-int px_pop3_parse_cmd(const char *line, size_t len, int utf8,
-                      struct px_cmd *c)
+int px_pop3_parse_cmd(const char *line, size_t len, int utf8, struct px_cmd *c)
 {
   size_t klen, i;
   const char *rest;
@@ -202,7 +201,7 @@ int px_pop3_parse_cmd(const char *line, size_t len, int utf8,
   }
 
   if (restlen > 0 && rest[restlen - 1] == ' ')
-    restlen--;                    /* "LIST " and "AUTH " have no argument */
+    restlen--; /* "LIST " and "AUTH " have no argument */
   while (restlen > 0) {
     const char *sp = memchr(rest, ' ', restlen);
     size_t tl = sp != NULL ? (size_t)(sp - rest) : restlen;
@@ -216,7 +215,7 @@ int px_pop3_parse_cmd(const char *line, size_t len, int utf8,
     rest = sp + 1;
     restlen -= tl + 1;
     if (restlen == 0)
-      return PX_EBADARG;          /* "TOP 1 " with the trailing SP gone */
+      return PX_EBADARG; /* "TOP 1 " with the trailing SP gone */
   }
   return check_args(c);
 }
@@ -338,8 +337,8 @@ static int status_is(const char *p, size_t n, const char *word)
   return n >= w && memcmp(p, word, w) == 0 && (n == w || p[w] == ' ');
 }
 
-ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n,
-                       char *out, size_t outcap, struct px_fr_out *o)
+ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n, char *out,
+                       size_t outcap, struct px_fr_out *o)
 {
   const char *line;
   size_t len, used;
@@ -366,7 +365,7 @@ ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n,
     } else if (status_is(line, len, "-ERR")) {
       o->ok = 0;
     } else if (f->shape == PX_SHAPE_SASL && status_is(line, len, "+")) {
-      o->ev = PX_FR_CONT;         /* the next line is a status line again */
+      o->ev = PX_FR_CONT; /* the next line is a status line again */
       return (ssize_t)used;
     } else {
       return PX_EPROTO;
@@ -401,7 +400,7 @@ ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n,
       }
       o->ev = PX_FR_LINE;
       o->p = line;
-      o->n = len + 2;             /* the CRLF follows the line in memory */
+      o->n = len + 2; /* the CRLF follows the line in memory */
       return (ssize_t)used;
     }
     {

@@ -23,10 +23,23 @@
 #define PX_RESP_MIN 512
 
 enum px_cmd_id {
-  PX_CMD_USER = 0, PX_CMD_PASS, PX_CMD_APOP, PX_CMD_AUTH, PX_CMD_STAT,
-  PX_CMD_LIST, PX_CMD_UIDL, PX_CMD_RETR, PX_CMD_TOP, PX_CMD_DELE,
-  PX_CMD_NOOP, PX_CMD_RSET, PX_CMD_QUIT, PX_CMD_CAPA, PX_CMD_STLS,
-  PX_CMD_UTF8, PX_CMD_LANG,
+  PX_CMD_USER = 0,
+  PX_CMD_PASS,
+  PX_CMD_APOP,
+  PX_CMD_AUTH,
+  PX_CMD_STAT,
+  PX_CMD_LIST,
+  PX_CMD_UIDL,
+  PX_CMD_RETR,
+  PX_CMD_TOP,
+  PX_CMD_DELE,
+  PX_CMD_NOOP,
+  PX_CMD_RSET,
+  PX_CMD_QUIT,
+  PX_CMD_CAPA,
+  PX_CMD_STLS,
+  PX_CMD_UTF8,
+  PX_CMD_LANG,
   PX_CMD_COUNT
 };
 extern const char *const px_cmd_names[]; /* "USER", "PASS", ... */
@@ -64,8 +77,7 @@ int px_pop3_line(const char *p, size_t n, size_t max, size_t *linelen);
  * A number is 1 to 10 decimal digits. Returns 0, PX_EBADCHAR (a control
  * byte, DEL, NUL, CR or LF anywhere), PX_EBADCMD (unknown keyword) or
  * PX_EBADARG (known keyword, wrong arguments). */
-int px_pop3_parse_cmd(const char *line, size_t len, int utf8,
-                      struct px_cmd *c);
+int px_pop3_parse_cmd(const char *line, size_t len, int utf8, struct px_cmd *c);
 
 /* Writes the canonical line "KEYWORD[ arg[ arg]]\r\n" with the keyword in
  * upper case into out[0..cap). Returns its length, or 0 when cap is too
@@ -108,23 +120,21 @@ enum px_fr_ev {
   PX_FR_COUNT
 };
 
-enum px_fr_st {
-  PX_FRS_STATUS = 0, PX_FRS_BODY, PX_FRS_DONE, PX_FRS_COUNT
-};
+enum px_fr_st { PX_FRS_STATUS = 0, PX_FRS_BODY, PX_FRS_DONE, PX_FRS_COUNT };
 
 struct px_framer {
-  size_t max_line;    /* status lines and line-mode body lines, with CRLF */
+  size_t max_line; /* status lines and line-mode body lines, with CRLF */
   enum px_shape shape;
-  int lines;          /* line mode for the body */
+  int lines; /* line mode for the body */
   enum px_fr_st st;
   struct px_dot dot;
-  char *lbuf;         /* a partial line across feeds; allocated only then */
+  char *lbuf; /* a partial line across feeds; allocated only then */
   size_t llen;
 };
 
 struct px_fr_out {
   enum px_fr_ev ev;
-  int ok;             /* PX_FR_STATUS: 1 for +OK, 0 for -ERR */
+  int ok; /* PX_FR_STATUS: 1 for +OK, 0 for -ERR */
   const char *p;
   size_t n;
 };
@@ -150,8 +160,8 @@ void px_framer_reset(struct px_framer *f);
  * (or a one-line response's PX_FR_STATUS) the framer is in PX_FRS_DONE and
  * consumes nothing more: bytes left over are the caller's business.
  * Call repeatedly until it returns 0 with PX_FR_NONE. */
-ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n,
-                       char *out, size_t outcap, struct px_fr_out *o);
+ssize_t px_framer_feed(struct px_framer *f, const char *in, size_t n, char *out,
+                       size_t outcap, struct px_fr_out *o);
 
 /* The relay path: when f is in a byte-mode body (px_framer_in_body), the
  * body can be re-stuffed straight into the caller's output instead of

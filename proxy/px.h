@@ -9,14 +9,14 @@
 /* Errors follow libuv's convention: 0 is success, a negative value is a
  * UV_E* code (-errno on Linux) or one of ours from the reserved range
  * -5000..-5099. px_strerror() names both. */
-#define PX_EPROTO (-5001)   /* the upstream broke RFC 1939 framing */
-#define PX_ELINE (-5002)    /* a line longer than its limit */
-#define PX_EBADCMD (-5003)  /* unknown or unframeable command keyword */
-#define PX_EBADARG (-5004)  /* known command, arguments of the wrong shape */
-#define PX_EBADCHAR (-5005) /* NUL, bare CR, bare LF or other control byte */
+#define PX_EPROTO    (-5001) /* the upstream broke RFC 1939 framing */
+#define PX_ELINE     (-5002) /* a line longer than its limit */
+#define PX_EBADCMD   (-5003) /* unknown or unframeable command keyword */
+#define PX_EBADARG   (-5004) /* known command, arguments of the wrong shape */
+#define PX_EBADCHAR  (-5005) /* NUL, bare CR, bare LF or other control byte */
 #define PX_ETIMEDOUT (-5006) /* a session deadline passed */
 #define PX_EUPSTREAM (-5007) /* no upstream server could be reached */
-#define PX_ELIMIT (-5008)   /* max_clients, max_clients_per_ip or max_errors */
+#define PX_ELIMIT    (-5008) /* max_clients, max_clients_per_ip or max_errors */
 
 const char *px_strerror(int err);
 

@@ -1,7 +1,8 @@
 /* session.c - one client, its upstream, and the POP3 dialogue between.
  *
- *   CONNECTING --greeting relayed--> AUTHORIZATION --+OK to PASS/APOP/AUTH-->
- *   TRANSACTION --QUIT answered, error, timeout, EOF--> CLOSING --refs 0--> freed
+ *   CONNECTING --greeting relayed--> AUTHORIZATION
+ *   AUTHORIZATION --+OK to PASS, APOP or AUTH--> TRANSACTION
+ *   any --QUIT answered, error, timeout, EOF--> CLOSING --refs 0--> freed
  *
  * The client's lines are parsed strictly (pop3.c) and queued in a FIFO
  * (cmdq.c) with the proxy's own replies in between. The head of the FIFO is
@@ -35,8 +36,11 @@
 #include "px.h"
 
 enum px_state {
-  PX_ST_CONNECTING = 0, PX_ST_AUTHORIZATION, PX_ST_TRANSACTION,
-  PX_ST_CLOSING, PX_ST_COUNT
+  PX_ST_CONNECTING = 0,
+  PX_ST_AUTHORIZATION,
+  PX_ST_TRANSACTION,
+  PX_ST_CLOSING,
+  PX_ST_COUNT
 };
 static const char *const px_state_names[] = { "connecting", "authorization",
                                               "transaction", "closing" };
@@ -51,8 +55,8 @@ _Static_assert(sizeof px_state_names / sizeof *px_state_names == PX_ST_COUNT,
  * arrived wait in the upstream's socket while the client is behind. */
 #define PX_UP_WINDOW 32
 /* Unparsed client bytes: one read, plus a pending line. */
-#define PX_CIN_CAP (PX_SLAB_SIZE + PX_SASL_MAX)
-#define PX_USER_LOG_MAX 64
+#define PX_CIN_CAP       (PX_SLAB_SIZE + PX_SASL_MAX)
+#define PX_USER_LOG_MAX  64
 #define PX_PEER_TEXT_MAX 160
 
 struct px_session {
@@ -61,26 +65,26 @@ struct px_session {
   struct px_lrt *lrt;
   const struct px_conf_listener *cl;
   const struct px_conf_upstream *cu;
-  struct px_conf *conf;           /* the generation this session runs on */
+  struct px_conf *conf; /* the generation this session runs on */
   uint64_t id;
   int refs;
   enum px_state st;
 
-  unsigned closing : 1;           /* px_session_close ran */
-  unsigned draining : 1;          /* close once the client output is sent */
-  unsigned counted : 1;           /* holds a px_lrt slot */
-  unsigned connecting : 1;        /* an upstream connect is under way */
-  unsigned up_retry : 1;          /* try the next address once up closes */
-  unsigned up_ready : 1;          /* the greeting has been relayed */
-  unsigned fr_on : 1;             /* the framer is on the head's answer */
-  unsigned pipelining : 1;        /* the upstream announced PIPELINING */
-  unsigned head_mid : 1;          /* part of the head's answer was relayed */
-  unsigned sasl : 1;              /* an AUTH exchange is queued or running */
-  unsigned sasl_wait : 1;         /* the next client line is SASL data */
-  unsigned sasl_plain : 1;        /* that exchange is PLAIN (user for log) */
-  unsigned quit : 1;              /* QUIT queued: parse nothing after it */
-  unsigned utf8 : 1;              /* RFC 6856 UTF8 accepted */
-  unsigned up_paused : 1;         /* upstream reads stopped: client behind */
+  unsigned closing : 1;    /* px_session_close ran */
+  unsigned draining : 1;   /* close once the client output is sent */
+  unsigned counted : 1;    /* holds a px_lrt slot */
+  unsigned connecting : 1; /* an upstream connect is under way */
+  unsigned up_retry : 1;   /* try the next address once up closes */
+  unsigned up_ready : 1;   /* the greeting has been relayed */
+  unsigned fr_on : 1;      /* the framer is on the head's answer */
+  unsigned pipelining : 1; /* the upstream announced PIPELINING */
+  unsigned head_mid : 1;   /* part of the head's answer was relayed */
+  unsigned sasl : 1;       /* an AUTH exchange is queued or running */
+  unsigned sasl_wait : 1;  /* the next client line is SASL data */
+  unsigned sasl_plain : 1; /* that exchange is PLAIN (user for log) */
+  unsigned quit : 1;       /* QUIT queued: parse nothing after it */
+  unsigned utf8 : 1;       /* RFC 6856 UTF8 accepted */
+  unsigned up_paused : 1;  /* upstream reads stopped: client behind */
 
   struct px_conn cli, up;
   uv_timer_t timer;
@@ -92,10 +96,10 @@ struct px_session {
   struct px_cmdq q;
   struct px_framer fr;
   struct px_dot_enc enc;
-  char *cin;                      /* unparsed client bytes, while any */
+  char *cin; /* unparsed client bytes, while any */
   size_t cinlen;
   unsigned errors;
-  unsigned inflight;              /* answers the upstream owes us */
+  unsigned inflight; /* answers the upstream owes us */
 
   uint64_t t_start, t_cli, t_up, t_conn;
   struct sockaddr_storage peer;
@@ -269,8 +273,8 @@ static void push_local(struct px_session *s, const char *reply, int close)
 {
   /* Queued like a relayed command, so that answers stay in order. The
    * parser checked that the queue has room. */
-  struct px_cmdq_ent *e = px_cmdq_push(&s->q, PX_CQ_LOCAL, reply,
-                                       strlen(reply));
+  struct px_cmdq_ent *e =
+      px_cmdq_push(&s->q, PX_CQ_LOCAL, reply, strlen(reply));
   if (e == NULL) {
     session_close(s, "out_of_memory");
     return;
@@ -294,7 +298,7 @@ static void note_plain_user(struct px_session *s, const char *b64, size_t n)
   if (len < 0)
     return;
   while (len > 0 && n > 0 && b64[n - 1] == '=') {
-    len--;                        /* EVP_DecodeBlock counts the padding */
+    len--; /* EVP_DecodeBlock counts the padding */
     n--;
   }
   authcid = memchr(dec, '\0', (size_t)len);
@@ -345,7 +349,7 @@ static void take_command(struct px_session *s, const char *line, size_t len)
     break;
   case PX_CMD_AUTH:
     if (c.nargs == 0)
-      break;                      /* the mechanism list: multi-line */
+      break; /* the mechanism list: multi-line */
     s->sasl = 1;
     s->sasl_plain = c.arglen[0] == 5 && strncasecmp(c.arg[0], "PLAIN", 5) == 0;
     if (s->sasl_plain && c.nargs == 2) {
@@ -526,8 +530,7 @@ static void client_written(struct px_conn *c, int status)
     return;
   }
   flush(s);
-  if (s->up_paused && px_conn_pending(&s->cli) < PX_LOW_WATER &&
-      !s->draining) {
+  if (s->up_paused && px_conn_pending(&s->cli) < PX_LOW_WATER && !s->draining) {
     s->up_paused = 0;
     if (px_conn_read_start(&s->up) < 0)
       upstream_failed(s, "upstream_error",
@@ -541,9 +544,9 @@ static void client_closed(struct px_conn *c)
   (void)c;
 }
 
-static const struct px_conn_ops client_ops = {
-  client_read, client_written, client_closed, conn_hold, conn_release
-};
+static const struct px_conn_ops client_ops = { client_read, client_written,
+                                               client_closed, conn_hold,
+                                               conn_release };
 
 /* ---- the upstream side -------------------------------------------------- */
 
@@ -619,12 +622,13 @@ static void complete_head(struct px_session *s)
  * IMPLEMENTATION names the server behind. */
 static void capa_line(struct px_session *s, const char *p, size_t n)
 {
-  static const char *const keep[] = {
-    "TOP", "UIDL", "USER", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE",
-    "LOGIN-DELAY", "EXPIRE", "UTF8", "LANG"
-  };
+  static const char *const keep[] = { "TOP",         "UIDL",
+                                      "USER",        "RESP-CODES",
+                                      "PIPELINING",  "AUTH-RESP-CODE",
+                                      "LOGIN-DELAY", "EXPIRE",
+                                      "UTF8",        "LANG" };
   size_t len = n - 2, kw, o;
-  char *out = s->w->scratch;      /* free: line mode leaves it unused */
+  char *out = s->w->scratch; /* free: line mode leaves it unused */
 
   for (kw = 0; kw < len && p[kw] != ' '; kw++)
     ;
@@ -741,8 +745,10 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
   if (s->closing || s->draining)
     return;
   if (n < 0) {
-    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_closed upstream=%s "
-           "err=%s", s->id, s->up_str, px_strerror((int)n));
+    px_log(PX_LOG_INFO,
+           "sid=%016" PRIx64 " ev=upstream_closed upstream=%s "
+           "err=%s",
+           s->id, s->up_str, px_strerror((int)n));
     upstream_failed(s, n == UV_EOF ? "upstream_eof" : "upstream_error",
                     "-ERR [SYS/TEMP] Upstream closed the connection\r\n");
     return;
@@ -762,8 +768,10 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
     if (s->closing || s->draining)
       break;
     if (e == NULL || !s->fr_on) {
-      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
-             "upstream=%s err=\"unsolicited data\"", s->id, s->up_str);
+      px_log(PX_LOG_WARN,
+             "sid=%016" PRIx64 " ev=upstream_protocol "
+             "upstream=%s err=\"unsolicited data\"",
+             s->id, s->up_str);
       upstream_failed(s, "upstream_protocol",
                       "-ERR [SYS/TEMP] Upstream protocol error\r\n");
       break;
@@ -777,21 +785,22 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
         session_close(s, "out_of_memory");
         break;
       }
-      used = (ssize_t)px_framer_relay(&s->fr, &s->enc, p, left, dst, avail,
-                                      &outn);
+      used =
+          (ssize_t)px_framer_relay(&s->fr, &s->enc, p, left, dst, avail, &outn);
       px_buf_commit(&s->cli.out, outn);
       p += used;
       left -= (size_t)used;
       continue;
     }
-    used = px_framer_feed(&s->fr, p, left, s->w->scratch,
-                          sizeof s->w->scratch, &o);
+    used = px_framer_feed(&s->fr, p, left, s->w->scratch, sizeof s->w->scratch,
+                          &o);
     if (used < 0) {
       char txt[PX_PEER_TEXT_MAX * 4 + 4];
       px_log_sanitize(p, left, PX_PEER_TEXT_MAX, txt, sizeof txt);
-      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
-             "upstream=%s err=\"%s\" data=%s", s->id, s->up_str,
-             px_strerror((int)used), txt);
+      px_log(PX_LOG_WARN,
+             "sid=%016" PRIx64 " ev=upstream_protocol "
+             "upstream=%s err=\"%s\" data=%s",
+             s->id, s->up_str, px_strerror((int)used), txt);
       upstream_failed(s, "upstream_protocol",
                       "-ERR [SYS/TEMP] Upstream protocol error\r\n");
       break;
@@ -804,9 +813,10 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
       if (used == 0) {
         /* The framer is done with this answer and bytes remain: nothing
          * was asked for them (window 1). */
-        px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_protocol "
-               "upstream=%s err=\"data after the response\"", s->id,
-               s->up_str);
+        px_log(PX_LOG_WARN,
+               "sid=%016" PRIx64 " ev=upstream_protocol "
+               "upstream=%s err=\"data after the response\"",
+               s->id, s->up_str);
         upstream_failed(s, "upstream_protocol",
                         "-ERR [SYS/TEMP] Upstream protocol error\r\n");
       }
@@ -844,8 +854,8 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
       s->fr.dot.st == PX_DOT_DONE) {
     struct px_fr_out o;
     char end[PX_DOT_END_MAX];
-    (void)px_framer_feed(&s->fr, NULL, 0, s->w->scratch,
-                         sizeof s->w->scratch, &o);
+    (void)px_framer_feed(&s->fr, NULL, 0, s->w->scratch, sizeof s->w->scratch,
+                         &o);
     assert(o.ev == PX_FR_END);
     to_client(s, end, px_dot_encode_end(&s->enc, end));
     complete_head(s);
@@ -898,8 +908,10 @@ static const struct px_conn_ops upstream_ops = {
 static void upstream_unavailable(struct px_session *s)
 {
   s->connecting = 0;
-  px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_unavailable "
-         "upstream=%s servers=%zu", s->id, s->cu->name, s->cu->nservers);
+  px_log(PX_LOG_WARN,
+         "sid=%016" PRIx64 " ev=upstream_unavailable "
+         "upstream=%s servers=%zu",
+         s->id, s->cu->name, s->cu->nservers);
   upstream_failed(s, "upstream_unavailable",
                   "-ERR [SYS/TEMP] Upstream unavailable, try again later\r\n");
 }
@@ -913,8 +925,10 @@ static void connect_cb(uv_connect_t *req, int status)
     return;
   }
   if (status < 0) {
-    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
-           "server=%s err=%s", s->id, s->up_str, uv_strerror(status));
+    px_log(PX_LOG_INFO,
+           "sid=%016" PRIx64 " ev=upstream_connect_failed "
+           "server=%s err=%s",
+           s->id, s->up_str, uv_strerror(status));
     PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
     s->up_retry = 1;
     px_conn_close(&s->up);
@@ -923,7 +937,7 @@ static void connect_cb(uv_connect_t *req, int status)
   }
   s->connecting = 0;
   uv_tcp_nodelay(&s->up.tcp, 1);
-  px_cmdq_head(&s->q)->sent = 1;  /* the greeting is due */
+  px_cmdq_head(&s->q)->sent = 1; /* the greeting is due */
   s->inflight = 1;
   s->t_up = now_ms(s);
   dispatch(s);
@@ -973,8 +987,10 @@ static void up_connect_addr(struct px_session *s, const struct sockaddr *sa)
   s->creq.data = s;
   rc = uv_tcp_connect(&s->creq, &s->up.tcp, sa, connect_cb);
   if (rc < 0) {
-    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
-           "server=%s err=%s", s->id, s->up_str, uv_strerror(rc));
+    px_log(PX_LOG_INFO,
+           "sid=%016" PRIx64 " ev=upstream_connect_failed "
+           "server=%s err=%s",
+           s->id, s->up_str, uv_strerror(rc));
     s->up_retry = 1;
     px_conn_close(&s->up);
     return;
@@ -994,9 +1010,10 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   }
   if (status < 0) {
     const struct px_conf_hostport *hp = &s->cu->servers[s->server_idx - 1];
-    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_resolve_failed "
-           "server=%s:%s err=%s", s->id, hp->host, hp->port,
-           uv_strerror(status));
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=upstream_resolve_failed "
+           "server=%s:%s err=%s",
+           s->id, hp->host, hp->port, uv_strerror(status));
     PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
   } else {
     s->ai = res;
@@ -1041,8 +1058,7 @@ static void up_connect_next(struct px_session *s)
   s->gai.data = s;
   s->connecting = 1;
   s->t_conn = now_ms(s);
-  rc = uv_getaddrinfo(&s->w->loop, &s->gai, gai_cb, hp->host, hp->port,
-                      &hints);
+  rc = uv_getaddrinfo(&s->w->loop, &s->gai, gai_cb, hp->host, hp->port, &hints);
   if (rc < 0) {
     s->connecting = 0;
     up_connect_next(s);
@@ -1054,8 +1070,14 @@ static void up_connect_next(struct px_session *s)
 
 /* ---- deadlines ---------------------------------------------------------- */
 
-enum px_deadline { PX_DL_NONE = 0, PX_DL_CONNECT, PX_DL_LOGIN, PX_DL_IDLE,
-                   PX_DL_UPSTREAM, PX_DL_COUNT };
+enum px_deadline {
+  PX_DL_NONE = 0,
+  PX_DL_CONNECT,
+  PX_DL_LOGIN,
+  PX_DL_IDLE,
+  PX_DL_UPSTREAM,
+  PX_DL_COUNT
+};
 
 static uint64_t next_deadline(const struct px_session *s,
                               enum px_deadline *which)
@@ -1094,13 +1116,15 @@ static void timer_cb(uv_timer_t *t)
     return;
   dl = next_deadline(s, &which);
   if (dl > now) {
-    arm_timer(s);                 /* activity moved the deadline on */
+    arm_timer(s); /* activity moved the deadline on */
     return;
   }
   switch (which) {
   case PX_DL_CONNECT:
-    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=upstream_connect_failed "
-           "server=%s err=\"timed out\"", s->id, s->up_str);
+    px_log(PX_LOG_INFO,
+           "sid=%016" PRIx64 " ev=upstream_connect_failed "
+           "server=%s err=\"timed out\"",
+           s->id, s->up_str);
     PX_CTR_ADD(s->w->ctr.upstream_errors_total, 1);
     if (s->up.open) {
       s->up_retry = 1;
@@ -1192,7 +1216,7 @@ static void session_close(struct px_session *s, const char *reason)
     s->next->prev = s->prev;
   w->nsessions--;
   px_worker_session_gone(w);
-  session_unref(&s);              /* the "alive" reference */
+  session_unref(&s); /* the "alive" reference */
 }
 
 void px_session_abort(struct px_session *s, const char *reason)
@@ -1209,7 +1233,7 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
 
   if (s == NULL)
     return UV_ENOMEM;
-  s->refs = 1;                    /* alive */
+  s->refs = 1; /* alive */
   s->w = w;
   s->lrt = l;
   s->conf = px_runtime_conf(w->rt);
@@ -1219,8 +1243,7 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
   s->st = PX_ST_CONNECTING;
   px_cmdq_init(&s->q, PX_MAX_PIPELINED);
 
-  rc = px_conn_init(&s->cli, &w->loop, &client_ops, s, w->slab,
-                    sizeof w->slab);
+  rc = px_conn_init(&s->cli, &w->loop, &client_ops, s, w->slab, sizeof w->slab);
   if (rc < 0) {
     session_unref(&s);
     return rc;
@@ -1252,9 +1275,12 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
 
   if (px_lrt_acquire(l, s->cl, (const struct sockaddr *)&s->peer) < 0) {
     PX_CTR_ADD(w->ctr.connections_refused, 1);
-    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=refused listener=%s "
-           "client=%s reason=max_clients", s->id, s->cl->name, s->peer_str);
-    to_client_str(s, "-ERR [SYS/TEMP] Too many connections, try again later\r\n");
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=refused listener=%s "
+           "client=%s reason=max_clients",
+           s->id, s->cl->name, s->peer_str);
+    to_client_str(s,
+                  "-ERR [SYS/TEMP] Too many connections, try again later\r\n");
     finish(s, "max_clients");
     return 0;
   }

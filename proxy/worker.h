@@ -25,9 +25,10 @@ struct px_iptab;
 /* Counters of one worker; summed over workers when read (metrics.c).
  * Each has one writer, the worker's thread, so an update is a relaxed load
  * and store (no locked instruction); readers use relaxed loads. */
-#define PX_CTR_ADD(field, n)                                                 \
-  __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) +  \
-                               (n), __ATOMIC_RELAXED)
+#define PX_CTR_ADD(field, n)                                                   \
+  __atomic_store_n(&(field),                                                   \
+                   __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n),          \
+                   __ATOMIC_RELAXED)
 #define PX_CTR_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
 struct px_counters {
@@ -45,22 +46,22 @@ struct px_counters {
  * they are (same names, same binds), so a listener is known by its index
  * in every configuration generation. */
 struct px_lrt {
-  size_t idx;                     /* in px_conf.listeners */
+  size_t idx; /* in px_conf.listeners */
   char *name;
-  int *fds;                       /* one bound socket per worker */
-  pthread_mutex_t mu;             /* guards clients and ips */
+  int *fds;           /* one bound socket per worker */
+  pthread_mutex_t mu; /* guards clients and ips */
   unsigned clients;
   struct px_iptab *ips;
 };
 
 struct px_runtime {
-  pthread_mutex_t mu;             /* guards conf (the pointer) */
-  struct px_conf *conf;           /* the current generation */
-  struct px_lrt *lrt;             /* conf->nlisteners of them */
+  pthread_mutex_t mu;   /* guards conf (the pointer) */
+  struct px_conf *conf; /* the current generation */
+  struct px_lrt *lrt;   /* conf->nlisteners of them */
   struct px_worker *workers;
   unsigned nworkers;
-  int stopping;                   /* SIGTERM seen: /ready says 503 */
-  uv_async_t *worker_done;        /* on main's loop: a worker's loop ended */
+  int stopping;            /* SIGTERM seen: /ready says 503 */
+  uv_async_t *worker_done; /* on main's loop: a worker's loop ended */
 };
 
 struct px_worker {
@@ -68,16 +69,16 @@ struct px_worker {
   struct px_runtime *rt;
   uv_loop_t loop;
   uv_thread_t thread;
-  uv_async_t wake;                /* main -> worker: stop */
-  uv_timer_t stop_timer;          /* shutdown_timeout */
-  uv_tcp_t *lsn;                  /* one per listener */
-  size_t nlsn;                    /* how many of them are initialized */
-  int ended;                      /* wake and stop_timer are closing */
-  int stop_requested;             /* set by main before waking */
-  int abort_requested;            /* a second signal: end sessions now */
-  int done;                       /* the loop has ended (read by main) */
+  uv_async_t wake;       /* main -> worker: stop */
+  uv_timer_t stop_timer; /* shutdown_timeout */
+  uv_tcp_t *lsn;         /* one per listener */
+  size_t nlsn;           /* how many of them are initialized */
+  int ended;             /* wake and stop_timer are closing */
+  int stop_requested;    /* set by main before waking */
+  int abort_requested;   /* a second signal: end sessions now */
+  int done;              /* the loop has ended (read by main) */
   int stopping;
-  struct px_session *sessions;    /* open sessions, a list */
+  struct px_session *sessions; /* open sessions, a list */
   unsigned nsessions;
   uint64_t next_sid;
   struct px_counters ctr;
