@@ -56,8 +56,8 @@ $(SAN_DIR)/obj/%.o: %.c $(wildcard proxy/*.h filters/*.h)
 $(SAN_DIR)/popgate: $(SRCS:%.c=$(SAN_DIR)/obj/%.o)
 	$(CC) $(SAN_FLAGS) $^ $(PKG_LIBS) -o $@
 
-$(SAN_DIR)/test_%: tests/unit/test_%.c $(CODEC:%.c=$(SAN_DIR)/obj/%.o)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN_FLAGS) $< $(CODEC:%.c=$(SAN_DIR)/obj/%.o) \
+$(SAN_DIR)/test_%: tests/unit/test_%.c tests/testutil.h $(CODEC:%.c=$(SAN_DIR)/obj/%.o)
+	$(CC) $(ALL_CFLAGS) -Itests -O1 $(SAN_FLAGS) $< $(CODEC:%.c=$(SAN_DIR)/obj/%.o) \
 	  $(PKG_LIBS) $(shell pkg-config --cflags --libs cmocka) -o $@
 
 deps:
@@ -78,10 +78,10 @@ demo: deps all
 bench: all
 	$(PYTHON) tests/bench/bench.py
 
-build/fuzz/%: tests/fuzz/%.c $(CODEC)
+build/fuzz/%: tests/fuzz/%.c $(CODEC) tests/testutil.h
 	@mkdir -p build/fuzz
-	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy \
-	  $(PKG_CFLAGS) $^ $(PKG_LIBS) -o $@
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy -Itests \
+	  $(PKG_CFLAGS) $(filter %.c,$^) $(PKG_LIBS) -o $@
 
 fuzz: $(FUZZ:%=build/fuzz/%)
 	@set -e; for f in $(FUZZ); do \

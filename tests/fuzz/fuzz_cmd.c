@@ -14,7 +14,7 @@
  *  - the SASL checks accept only what their contracts allow.
  *
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy
- *        tests/fuzz/fuzz_cmd.c proxy/pop3.c proxy/dot.c
+ *        -Itests tests/fuzz/fuzz_cmd.c proxy/pop3.c proxy/dot.c
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -23,14 +23,7 @@
 
 #include "pop3.h"
 #include "px.h"
-
-#define CHECK(c)                                                          \
-  do {                                                                    \
-    if (!(c)) {                                                           \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                            \
-    }                                                                     \
-  } while (0)
+#include "testutil.h"
 
 static int is_b64(unsigned char c)
 {

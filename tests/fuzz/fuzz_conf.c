@@ -6,8 +6,9 @@
  * one or more "NAME:..." lines; inih and conf.c's reader never disagree
  * about a line ("internal error"). ASan/LSan catch leaks and overflows.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iproxy proxy/conf.c \
- *     tests/fuzz/fuzz_conf.c $(pkg-config --cflags --libs inih) -o fuzz_conf
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iproxy -Itests \
+ *     proxy/conf.c tests/fuzz/fuzz_conf.c $(pkg-config --cflags --libs inih) \
+ *     -o fuzz_conf
  *   ./fuzz_conf -max_total_time=60 tests/fuzz/corpus/conf
  */
 #include <errno.h>
@@ -16,12 +17,7 @@
 #include <string.h>
 
 #include "conf.h"
-
-#define CHECK(x)                                                           \
-  do {                                                                     \
-    if (!(x))                                                              \
-      abort();                                                             \
-  } while (0)
+#include "testutil.h"
 
 static void check_conf(const struct px_conf *c)
 {

@@ -13,7 +13,7 @@
  *    output, consumed count and final state, and never writes past n bytes.
  *
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy
- *        tests/fuzz/fuzz_dot.c proxy/dot.c
+ *        -Itests tests/fuzz/fuzz_dot.c proxy/dot.c
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -21,73 +21,15 @@
 #include <string.h>
 
 #include "dot.h"
-
-#define CHECK(c)                                                          \
-  do {                                                                    \
-    if (!(c)) {                                                           \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                            \
-    }                                                                     \
-  } while (0)
+#include "testutil.h"
 
 /* Bodies beyond this are cut: the interesting cases are small. */
 #define BODY_MAX 4096
 
-static uint64_t rng_next(uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-/* A chunk length in 1..left, biased to small pieces. */
-static size_t chunk_len(uint64_t *rng, size_t left)
-{
-  uint64_t r = rng_next(rng);
-  size_t n;
-  if (left == 0)
-    return 0;
-  switch (r & 3) {
-  case 0:
-    n = 1;
-    break;
-  case 1:
-    n = 1 + (size_t)((r >> 8) % 4);
-    break;
-  case 2:
-    n = 1 + (size_t)((r >> 8) % 32);
-    break;
-  default:
-    n = 1 + (size_t)((r >> 8) % left);
-    break;
-  }
-  return n < left ? n : left;
-}
-
-struct buf {
-  char *p;
-  size_t n, cap;
-};
-
-static void buf_add(struct buf *b, const void *p, size_t n)
-{
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + n)
-      cap *= 2;
-    b->p = realloc(b->p, cap);
-    CHECK(b->p != NULL);
-    b->cap = cap;
-  }
-  if (n > 0)
-    memcpy(b->p + b->n, p, n);
-  b->n += n;
-}
-
 /* Encodes body[0..n) in chunks (whole when rng is NULL) with caps from
  * rng (>= 2), and appends the terminator. */
-static void encode(const char *body, size_t n, uint64_t *rng, struct buf *res)
+static void encode(const char *body, size_t n, uint64_t *rng,
+                   struct bytes *res)
 {
   struct px_dot_enc e;
   size_t off = 0;
@@ -96,7 +38,7 @@ static void encode(const char *body, size_t n, uint64_t *rng, struct buf *res)
 
   px_dot_enc_init(&e);
   while (off < n) {
-    size_t len = rng ? chunk_len(rng, n - off) : n - off;
+    size_t len = next_chunk(rng ? SPLIT_RANDOM : SPLIT_WHOLE, rng, n - off);
     size_t cap = rng ? 2 + (size_t)(rng_next(rng) % 8) : 2 * len;
     char *in = malloc(len);
     char *out = malloc(cap);
@@ -123,17 +65,17 @@ static void encode(const char *body, size_t n, uint64_t *rng, struct buf *res)
     /* ...and as much as fits. */
     if (used < len)
       CHECK(outn + ((sol && in[used] == '.') ? 2 : 1) > cap);
-    buf_add(res, out, outn);
+    bytes_add(res, out, outn);
     off += used;
     CHECK(e.bytes == off);
     free(in);
     free(out);
   }
-  buf_add(res, end, px_dot_encode_end(&e, end));
+  bytes_add(res, end, px_dot_encode_end(&e, end));
 }
 
 struct dec {
-  struct buf out;
+  struct bytes out;
   size_t consumed;
   enum px_dot_st st;
 };
@@ -148,7 +90,7 @@ static void decode(const char *in, size_t n, uint64_t *rng, struct dec *r)
   memset(r, 0, sizeof *r);
   px_dot_init(&d);
   while (off < n && d.st != PX_DOT_DONE) {
-    size_t len = rng ? chunk_len(rng, n - off) : n - off;
+    size_t len = next_chunk(rng ? SPLIT_RANDOM : SPLIT_WHOLE, rng, n - off);
     char *chunk = malloc(len);
     size_t coff = 0;
 
@@ -161,7 +103,7 @@ static void decode(const char *in, size_t n, uint64_t *rng, struct dec *r)
       used = px_dot_decode(&d, chunk + coff, left, out, &outn);
       CHECK(used <= left && outn <= left);
       CHECK(used > 0 || outn > 0 || d.st == PX_DOT_DONE);
-      buf_add(&r->out, out, outn);
+      bytes_add(&r->out, out, outn);
       coff += used;
       free(out);
     }
@@ -182,7 +124,7 @@ static void decode(const char *in, size_t n, uint64_t *rng, struct dec *r)
 
 /* The one-pass relay of raw wire bytes, in chunks with small outputs:
  * must equal encode(decode(in)) (+ the terminator when one was seen). */
-static void relay(const char *in, size_t n, uint64_t *rng, struct buf *res,
+static void relay(const char *in, size_t n, uint64_t *rng, struct bytes *res,
                   size_t *consumed, enum px_dot_st *st)
 {
   struct px_dot d;
@@ -192,26 +134,26 @@ static void relay(const char *in, size_t n, uint64_t *rng, struct buf *res,
   px_dot_init(&d);
   px_dot_enc_init(&e);
   while (off < n && d.st != PX_DOT_DONE) {
-    size_t len = chunk_len(rng, n - off);
+    size_t len = next_chunk(SPLIT_RANDOM, rng, n - off);
     size_t cap = 4 + (size_t)(rng_next(rng) % 12), outn = 0, used;
     char *out = malloc(cap);
     CHECK(out != NULL);
     used = px_dot_relay(&d, &e, in + off, len, out, cap, &outn);
     CHECK(used <= len && outn <= cap);
     CHECK(used > 0 || outn > 0);
-    buf_add(res, out, outn);
+    bytes_add(res, out, outn);
     off += used;
     free(out);
   }
   if (d.st == PX_DOT_DONE) {
     char end[PX_DOT_END_MAX];
-    buf_add(res, end, px_dot_encode_end(&e, end));
+    bytes_add(res, end, px_dot_encode_end(&e, end));
   }
   *consumed = off;
   *st = d.st;
 }
 
-static int same(const struct buf *a, const struct buf *b)
+static int same(const struct bytes *a, const struct bytes *b)
 {
   return a->n == b->n && (a->n == 0 || memcmp(a->p, b->p, a->n) == 0);
 }
@@ -221,7 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   uint64_t seed = 0, rng;
   const char *body;
   size_t n;
-  struct buf whole = {0}, split = {0}, wire = {0};
+  struct bytes whole = {0}, split = {0}, wire = {0};
   struct dec dw, ds;
   int bare_lf = 0, ends_crlf;
 
@@ -239,8 +181,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
   /* Decoding stuffed + terminator + trailing bytes ends exactly at the
    * terminator, in every split. */
-  buf_add(&wire, whole.p, whole.n);
-  buf_add(&wire, ".\r\n+OK\r\n", 8);
+  bytes_add(&wire, whole.p, whole.n);
+  bytes_add(&wire, ".\r\n+OK\r\n", 8);
   decode(wire.p, wire.n, NULL, &dw);
   CHECK(dw.st == PX_DOT_DONE);
   CHECK(dw.consumed == whole.n);
@@ -261,8 +203,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (want > n)
       CHECK(memcmp(dw.out.p + n, "\r\n", 2) == 0);
   }
-  free(dw.out.p);
-  free(ds.out.p);
+  bytes_free(&dw.out);
+  bytes_free(&ds.out);
 
   /* Decoder on the raw input: split-invariant. */
   decode(body, n, NULL, &dw);
@@ -274,7 +216,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
   /* Relay on the raw input: decode then encode, in one pass. */
   {
-    struct buf ref = {0}, got = {0};
+    struct bytes ref = {0}, got = {0};
     size_t rc;
     enum px_dot_st rst;
     encode(dw.out.p, dw.out.n, NULL, &ref);
@@ -288,14 +230,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     relay(body, n, &rng, &got, &rc, &rst);
     CHECK(rc == dw.consumed && rst == dw.st);
     CHECK(same(&ref, &got));
-    free(ref.p);
-    free(got.p);
+    bytes_free(&ref);
+    bytes_free(&got);
   }
-  free(dw.out.p);
-  free(ds.out.p);
+  bytes_free(&dw.out);
+  bytes_free(&ds.out);
 
-  free(whole.p);
-  free(split.p);
-  free(wire.p);
+  bytes_free(&whole);
+  bytes_free(&split);
+  bytes_free(&wire);
   return 0;
 }

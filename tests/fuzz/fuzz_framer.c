@@ -14,7 +14,7 @@
  * leak (LSan). abort() on any violation.
  *
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy
- *        tests/fuzz/fuzz_framer.c proxy/pop3.c proxy/dot.c
+ *        -Itests tests/fuzz/fuzz_framer.c proxy/pop3.c proxy/dot.c
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -23,67 +23,9 @@
 
 #include "pop3.h"
 #include "px.h"
-
-#define CHECK(c)                                                          \
-  do {                                                                    \
-    if (!(c)) {                                                           \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                            \
-    }                                                                     \
-  } while (0)
+#include "testutil.h"
 
 #define HDR 8
-
-static uint64_t rng_next(uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-static size_t chunk_len(uint64_t *rng, size_t left)
-{
-  uint64_t r = rng_next(rng);
-  size_t n;
-  if (left == 0)
-    return 0;
-  switch (r & 3) {
-  case 0:
-    n = 1;
-    break;
-  case 1:
-    n = 1 + (size_t)((r >> 8) % 4);
-    break;
-  case 2:
-    n = 1 + (size_t)((r >> 8) % 32);
-    break;
-  default:
-    n = 1 + (size_t)((r >> 8) % left);
-    break;
-  }
-  return n < left ? n : left;
-}
-
-struct buf {
-  char *p;
-  size_t n, cap;
-};
-
-static void buf_add(struct buf *b, const void *p, size_t n)
-{
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + n)
-      cap *= 2;
-    b->p = realloc(b->p, cap);
-    CHECK(b->p != NULL);
-    b->cap = cap;
-  }
-  if (n > 0)
-    memcpy(b->p + b->n, p, n);
-  b->n += n;
-}
 
 struct ev {
   enum px_fr_ev ev;
@@ -94,7 +36,7 @@ struct ev {
 struct trace {
   struct ev *ev;
   size_t nev, cap;
-  struct buf data;
+  struct bytes data;
   int err;
   size_t consumed;
   enum px_fr_st st;
@@ -105,13 +47,13 @@ static void trace_add(struct trace *t, const struct px_fr_out *o)
   if (o->ev == PX_FR_BODY) {
     if (o->n == 0)
       return;
-    buf_add(&t->data, o->p, o->n);
+    bytes_add(&t->data, o->p, o->n);
     if (t->nev > 0 && t->ev[t->nev - 1].ev == PX_FR_BODY) {
       t->ev[t->nev - 1].n += o->n;
       return;
     }
   } else if (o->ev != PX_FR_END) {
-    buf_add(&t->data, o->p, o->n);
+    bytes_add(&t->data, o->p, o->n);
   }
   if (t->nev == t->cap) {
     t->cap = t->cap ? 2 * t->cap : 16;
@@ -184,7 +126,7 @@ static void run(const uint8_t *hdr, const char *in, size_t n, uint64_t *rng,
   int lines = (hdr[0] >> 2) & 1;
   size_t max = hdr[1] & 0x80 ? 512 + (size_t)(hdr[1] & 0x7f) * 4
                              : 3 + (size_t)hdr[1];
-  struct buf carry = {0};
+  struct bytes carry = {0};
   size_t off = 0, iters = 0;
   char *out = malloc(outcap);
 
@@ -193,7 +135,7 @@ static void run(const uint8_t *hdr, const char *in, size_t n, uint64_t *rng,
   memset(&f, 0xa5, sizeof f);
   px_framer_start(&f, shape, lines, max);
   for (;;) {
-    size_t len = rng ? chunk_len(rng, n - off) : n - off;
+    size_t len = next_chunk(rng ? SPLIT_RANDOM : SPLIT_WHOLE, rng, n - off);
     size_t blen = carry.n + len, pos = 0;
     char *b = malloc(blen ? blen : 1);
 
@@ -226,7 +168,7 @@ static void run(const uint8_t *hdr, const char *in, size_t n, uint64_t *rng,
       if (rc == 0 && o.ev == PX_FR_NONE)
         break;
     }
-    buf_add(&carry, b + pos, blen - pos);
+    bytes_add(&carry, b + pos, blen - pos);
     free(b);
     if (f.st == PX_FRS_DONE || off == n)
       break;
@@ -236,14 +178,14 @@ done:
   t->st = f.st;
   px_framer_reset(&f);
   CHECK(f.lbuf == NULL);
-  free(carry.p);
+  bytes_free(&carry);
   free(out);
 }
 
 static void trace_free(struct trace *t)
 {
   free(t->ev);
-  free(t->data.p);
+  bytes_free(&t->data);
 }
 
 static void same(const struct trace *a, const struct trace *b)

@@ -125,6 +125,15 @@ service log {{
 """
 
 
+def file_bytes(path):
+    """A file's contents; b"" while it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
 class Dovecot:
     def __init__(self, corpus):
         self.dir = tempfile.mkdtemp(prefix="popgate-it-dovecot-")
@@ -217,11 +226,7 @@ class Dovecot:
                 self.read_file("dovecot.stdout"), self.read_file("dovecot.log")))
 
     def read_file(self, name):
-        try:
-            with open(os.path.join(self.dir, name), "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return file_bytes(os.path.join(self.dir, name)).decode("utf-8", "replace")
 
     def log_text(self):
         return self.read_file("dovecot.log")
@@ -429,25 +434,13 @@ class Popgate:
         return self.proc is not None and self.proc.poll() is None
 
     def stderr_text(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return file_bytes(self.stderr_path).decode("utf-8", "replace")
 
     def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return self.log_bytes().decode("utf-8", "replace")
 
     def log_bytes(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return b""
+        return file_bytes(self.log_path)
 
     def connect(self, **kw):
         return RawPOP3(self.port, **kw)
@@ -515,13 +508,9 @@ class DovecotAsPopgate:
     def alive(self):
         return True
 
-    def connect(self, **kw):
-        return RawPOP3(self.port, **kw)
-
-    def session(self, user="alice", password="secret", **kw):
-        c = self.connect(**kw)
-        c.login(user, password)
-        return c
+    # The same client side as Popgate's: both listen on self.port.
+    connect = Popgate.connect
+    session = Popgate.session
 
     def log_text(self):
         return ""

@@ -208,9 +208,9 @@ class FakeUpstream:
                 raise TypeError("bad action %r" % (a,))
         return True
 
-    def _drain(self, c):
-        """STALL: answer nothing more, record what arrives until EOF."""
-        self._split(c, b"")
+    def _recv(self, c):
+        """Yield what arrives on c, recorded in c.raw, until EOF (noted in
+        c.peer_eof), a socket error or stop()."""
         c.sock.settimeout(0.2)
         while not self._stop.is_set():
             try:
@@ -218,11 +218,17 @@ class FakeUpstream:
             except socket.timeout:
                 continue
             except OSError:
-                break
+                return
             if not d:
                 c.peer_eof = True
-                break
+                return
             c.raw += d
+            yield d
+
+    def _drain(self, c):
+        """STALL: answer nothing more, record what arrives until EOF."""
+        self._split(c, b"")
+        for d in self._recv(c):
             self._split(c, d)
 
     @staticmethod
@@ -237,17 +243,7 @@ class FakeUpstream:
             c.sock.settimeout(0.2)
             if not self._run(c, self.greeting):
                 return
-            while not self._stop.is_set():
-                try:
-                    d = c.sock.recv(65536)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    break
-                if not d:
-                    c.peer_eof = True
-                    break
-                c.raw += d
+            for d in self._recv(c):
                 c.linebuf += d
                 go = True
                 while go and b"\n" in c.linebuf:

@@ -29,6 +29,36 @@ def serves(p):
     assert c.quit().startswith(b"+OK")
 
 
+def rss_watched_client(popgate_factory, interval, settle=0.0):
+    """A popgate with a small ASan quarantine (so freed buffers do not count
+    as held memory) and a logged-in client with a small receive buffer;
+    after `settle` seconds, popgate's RSS now and a started RssSampler.
+    Returns (client, base RSS in KiB, sampler)."""
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    p = popgate_factory(env={"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=8"})
+    c = RawPOP3(p.port, rcvbuf=64 * 1024, timeout=60)
+    c.login()
+    if settle:
+        time.sleep(settle)
+    base = RssSampler.rss_kib(p.pid)
+    sampler = RssSampler(p.pid, interval=interval)
+    sampler.start()
+    return c, base, sampler
+
+
+def connect_when_admitted(p, timeout, pause):
+    """Connects again every `pause` seconds until popgate greets with +OK
+    (a slot is free) or `timeout` seconds have passed; returns the last
+    connection."""
+    end = time.monotonic() + timeout
+    while True:
+        c = p.connect()
+        if c.greeting.startswith(b"+OK") or time.monotonic() > end:
+            return c
+        c.close()
+        time.sleep(pause)
+
+
 # ---------------------------------------------------------------------------
 # many connections
 # ---------------------------------------------------------------------------
@@ -98,13 +128,7 @@ def test_max_clients_refuses_cleanly(popgate_factory):
     finally:
         close_all(socks)
     # slots are given back
-    end = time.monotonic() + 10
-    while True:
-        c = p.connect()
-        if c.greeting.startswith(b"+OK") or time.monotonic() > end:
-            break
-        c.close()
-        time.sleep(0.2)
+    c = connect_when_admitted(p, timeout=10, pause=0.2)
     assert c.greeting.startswith(b"+OK"), "no slot freed after closing everything"
     c.login()
     c.quit()
@@ -131,13 +155,7 @@ def test_max_clients_per_ip(popgate_factory):
             assert c.stat()[0] > 0
         # one leaves: a new one gets in
         conns.pop().quit()
-        end = time.monotonic() + 5
-        while True:
-            c = p.connect()
-            if c.greeting.startswith(b"+OK") or time.monotonic() > end:
-                break
-            c.close()
-            time.sleep(0.1)
+        c = connect_when_admitted(p, timeout=5, pause=0.1)
         assert c.greeting.startswith(b"+OK"), c.greeting
         conns.append(c)
     finally:
@@ -183,16 +201,7 @@ def test_300_logged_in_sessions(popgate_factory, dovecot):
 def test_slow_reader_does_not_buffer_message(popgate_factory, mailbox, direct):
     n = mailbox.number["big_50m"]
     want_st, want_block = direct[n]
-    # A small ASan quarantine so freed buffers do not count as held memory.
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    env = {"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=8"}
-    p = popgate_factory(env=env)
-    c = RawPOP3(p.port, rcvbuf=64 * 1024, timeout=60)
-    c.login()
-    time.sleep(0.5)
-    base = RssSampler.rss_kib(p.pid)
-    sampler = RssSampler(p.pid, interval=0.5)
-    sampler.start()
+    c, base, sampler = rss_watched_client(popgate_factory, interval=0.5, settle=0.5)
     try:
         c.send(b"RETR %d\r\n" % n)
         st = c.readline()
@@ -232,15 +241,7 @@ def test_slow_reader_paced(popgate_factory, mailbox, direct):
     """Read at ~1 MiB/s for a few seconds while sampling RSS each second."""
     n = mailbox.number["big_50m"]
     want_block = direct[n][1]
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    env = {"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=8"}
-    p = popgate_factory(env=env)
-    c = RawPOP3(p.port, rcvbuf=64 * 1024, timeout=60)
-    c.login()
-    time.sleep(0.3)
-    base = RssSampler.rss_kib(p.pid)
-    sampler = RssSampler(p.pid, interval=1.0)
-    sampler.start()
+    c, base, sampler = rss_watched_client(popgate_factory, interval=1.0, settle=0.3)
     h = hashlib.sha256()
     total = 0
     try:
@@ -523,13 +524,7 @@ def test_pipelined_flood_without_reading(popgate_factory, direct, mailbox):
     n = mailbox.number["msg_02"]
     want = direct[n][0] + direct[n][1]
     count = 3000                       # ~ 9 MB of answers
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    p = popgate_factory(env={"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=8"})
-    c = RawPOP3(p.port, rcvbuf=64 * 1024, timeout=60)
-    c.login()
-    base = RssSampler.rss_kib(p.pid)
-    sampler = RssSampler(p.pid, interval=0.25)
-    sampler.start()
+    c, base, sampler = rss_watched_client(popgate_factory, interval=0.25)
     batch = b"RETR %d\r\n" % n * count
     # write everything while reading nothing (in a thread: our send may block)
     import threading

@@ -5,8 +5,8 @@
  * lines, pop and clear freeing everything (LSan checks at exit).
  *
  * Build: gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined
- *        -Iproxy proxy/dot.c proxy/pop3.c proxy/cmdq.c tests/unit/test_cmdq.c
- *        -lcmocka
+ *        -Iproxy -Itests proxy/dot.c proxy/pop3.c proxy/cmdq.c
+ *        tests/unit/test_cmdq.c -lcmocka
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,16 +20,9 @@
 
 #include "cmdq.h"
 #include "px.h"
+#include "testutil.h"
 
 #define S(x) x, sizeof(x) - 1
-
-static uint64_t rng_next(uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 /* Walks the list and checks n, head, tail and the links agree. */
 static void check_queue(const struct px_cmdq *q)

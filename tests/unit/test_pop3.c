@@ -9,7 +9,8 @@
  * and writes beyond them; LSan catches a partial-line buffer that leaks.
  *
  * Build: gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined
- *        -Iproxy proxy/dot.c proxy/pop3.c tests/unit/test_pop3.c -lcmocka
+ *        -Iproxy -Itests proxy/dot.c proxy/pop3.c tests/unit/test_pop3.c
+ *        -lcmocka
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,79 +24,10 @@
 
 #include "pop3.h"
 #include "px.h"
+#include "testutil.h"
 
 #define SEEDS 100
 #define S(x) x, sizeof(x) - 1
-
-/* ---- helpers ---------------------------------------------------------- */
-
-/* splitmix64: a small seeded PRNG, so every failure is reproducible. */
-static uint64_t rng_next(uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-static size_t rng_below(uint64_t *s, size_t n)
-{
-  return n == 0 ? 0 : (size_t)(rng_next(s) % n);
-}
-
-struct bytes {
-  char *p;
-  size_t n, cap;
-};
-
-static void bytes_add(struct bytes *b, const void *p, size_t n)
-{
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->n + n + 1)
-      cap *= 2;
-    b->p = realloc(b->p, cap);
-    assert_non_null(b->p);
-    b->cap = cap;
-  }
-  if (n > 0)
-    memcpy(b->p + b->n, p, n);
-  b->n += n;
-  b->p[b->n] = '\0';
-}
-
-static void bytes_free(struct bytes *b)
-{
-  free(b->p);
-  memset(b, 0, sizeof *b);
-}
-
-static void assert_bytes_eq(const char *a, size_t an, const char *b, size_t bn)
-{
-  assert_int_equal(an, bn);
-  if (an > 0)
-    assert_memory_equal(a, b, an);
-}
-
-enum split_mode { SPLIT_WHOLE = 0, SPLIT_BYTE, SPLIT_RANDOM };
-
-static size_t next_chunk(enum split_mode m, uint64_t *rng, size_t left)
-{
-  if (m == SPLIT_WHOLE)
-    return left;
-  if (m == SPLIT_BYTE)
-    return left ? 1 : 0;
-  switch (rng_below(rng, 4)) {
-  case 0:
-    return left ? 1 : 0;
-  case 1:
-    return left < 3 ? left : 1 + rng_below(rng, 3);
-  case 2:
-    return left < 16 ? left : 1 + rng_below(rng, 16);
-  default:
-    return left ? 1 + rng_below(rng, left) : 0;
-  }
-}
 
 /* ---- command parser ----------------------------------------------------- */
 
