@@ -19,6 +19,12 @@
  *
  * Every problem becomes one "FILE:LINE: message" line; parsing goes on after
  * an error so that one run reports all of them (up to PX_CONF_MAX_ERRORS).
+ *
+ * TLS keys. cert, key and ca_file name files that must be readable now; they
+ * are opened and closed, never parsed: tls.c loads them with OpenSSL, which
+ * also judges a cipher list here (on a throwaway context). What a listener's
+ * tls mode implies (cert and key pairs, require_tls) is checked in finish().
+ * A valid file may still earn warnings (px_conf_warnings), which -t prints.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -29,14 +35,18 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The largest file read. Far more than any real configuration; stops
@@ -137,6 +147,19 @@ static int p_uint(struct loader *, const struct key_def *, const char *,
 static int p_size(struct loader *, const struct key_def *, const char *,
                   void *);
 static int p_tls(struct loader *, const struct key_def *, const char *, void *);
+static int p_bool(struct loader *, const struct key_def *, const char *,
+                  void *);
+static int p_file(struct loader *, const struct key_def *, const char *,
+                  void *);
+static int p_cert(struct loader *, const struct key_def *, const char *,
+                  void *);
+static int p_key(struct loader *, const struct key_def *, const char *, void *);
+static int p_tls_version(struct loader *, const struct key_def *, const char *,
+                         void *);
+static int p_ciphers(struct loader *, const struct key_def *, const char *,
+                     void *);
+static int p_server_name(struct loader *, const struct key_def *, const char *,
+                         void *);
 static int p_hostport(struct loader *, const struct key_def *, const char *,
                       void *);
 static int p_hostport_list(struct loader *, const struct key_def *,
@@ -181,15 +204,19 @@ static const struct key_def keys[] = {
   { "login_timeout", SEC_LISTENER, p_duration, L_(login_timeout_ms), 0, 0, MS_S,
     24 * MS_H, NULL },
   { "max_errors", SEC_LISTENER, p_uint, L_(max_errors), 0, 0, 1, 1000, NULL },
-  { "cert", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
-  { "key", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
-  { "tls_min_version", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
-  { "ciphers", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
-  { "require_tls", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "cert", SEC_LISTENER, p_cert, L_(certs), L_(ncerts), KEY_REPEATABLE, 0, 0,
+    NULL },
+  { "key", SEC_LISTENER, p_key, L_(certs), L_(ncerts), KEY_REPEATABLE, 0, 0,
+    NULL },
+  { "tls_min_version", SEC_LISTENER, p_tls_version, L_(tls_min_version), 0, 0,
+    0, 0, NULL },
+  { "ciphers", SEC_LISTENER, p_ciphers, L_(ciphers), 0, 0, 0, 0, NULL },
+  { "require_tls", SEC_LISTENER, p_bool, L_(require_tls), 0, 0, 0, 0, NULL },
+  { "handshake_timeout", SEC_LISTENER, p_duration, L_(handshake_timeout_ms), 0,
+    0, MS_S, 10 * MS_M, NULL },
   { "filters", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
   { "proxy_protocol", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
   { "proxy_from", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
-  { "handshake_timeout", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
 
   { "server", SEC_UPSTREAM, p_hostport_list, U(servers), U(nservers),
     KEY_REPEATABLE | KEY_REQUIRED, 0, 0, NULL },
@@ -200,9 +227,12 @@ static const struct key_def keys[] = {
     NULL },
   { "max_response_line", SEC_UPSTREAM, p_size, U(max_response_line), 0, 0, 512,
     65536, NULL },
-  { "verify", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
-  { "ca_file", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
-  { "server_name", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+  { "verify", SEC_UPSTREAM, p_bool, U(verify), 0, 0, 0, 0, NULL },
+  { "ca_file", SEC_UPSTREAM, p_file, U(ca_file), 0, 0, 0, 0, NULL },
+  { "server_name", SEC_UPSTREAM, p_server_name, U(server_name), 0, 0, 0, 0,
+    NULL },
+  { "cert", SEC_UPSTREAM, p_file, U(client.cert), 0, 0, 0, 0, NULL },
+  { "key", SEC_UPSTREAM, p_file, U(client.key), 0, 0, 0, 0, NULL },
   { "proxy_protocol", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
   { "xclient", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
 };
@@ -218,8 +248,9 @@ enum line_class { CLS_NONE = 0, CLS_KEY, CLS_CONT, CLS_DONE };
 
 /* Bookkeeping for one section instance. */
 struct sec_info {
-  int line;        /* line of its [header] */
-  int seen[NKEYS]; /* line of each key's first occurrence */
+  int line;           /* line of its [header] */
+  int seen[NKEYS];    /* line of each key's first occurrence */
+  size_t ncert, nkey; /* a listener's cert and key lines so far */
 };
 
 /* The value being collected: a key line and its continuation lines. */
@@ -764,9 +795,8 @@ static int p_size(struct loader *L, const struct key_def *k, const char *v,
   return 0;
 }
 
-/* For boolean keys to come (require_tls, verify, xclient). */
-static PX_UNUSED int p_bool(struct loader *L, const struct key_def *k,
-                            const char *v, void *base)
+static int p_bool(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
 {
   char q[PX_CONF_SHOW + 4];
   int b;
@@ -791,11 +821,6 @@ static int p_tls(struct loader *L, const struct key_def *k, const char *v,
   if (i == PX_TLS_COUNT) {
     bad(L, "bad value \"%s\" for %s (use off, starttls or implicit)",
         show(q, v), k->name);
-    return -EINVAL;
-  }
-  if (i != PX_TLS_OFF) {
-    bad(L, "%s = %s: not supported yet by this build (only off)", k->name,
-        px_tls_mode_names[i]);
     return -EINVAL;
   }
   *FIELD(base, k->off, enum px_tls_mode) = (enum px_tls_mode)i;
@@ -968,6 +993,238 @@ static int p_ref(struct loader *L, const struct key_def *k, const char *v,
   return 0;
 }
 
+/* ---- TLS values ---- */
+
+/* A file that tls.c will load later: an absolute path (the working
+ * directory of "popgate -t" is not the daemon's) to a regular file that
+ * can be opened for reading now. Only that: OpenSSL judges the content.
+ * stat() comes first so that a device or a FIFO is never opened.
+ * On return *out holds a copy of v whatever the verdict (NULL only when
+ * memory is short), so that cert and key lines still pair up after an
+ * error. Returns 0, -EINVAL (reported) or -ENOMEM. */
+static int file_value(struct loader *L, const struct key_def *k, const char *v,
+                      char **out)
+{
+  char q[PX_CONF_SHOW + 4], ebuf[128];
+  struct stat st;
+  int fd, e;
+
+  if ((*out = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  if (v[0] != '/' || v[strlen(v) - 1] == '/' || has_ctl(v)) {
+    bad(L, "bad value \"%s\" for %s (use an absolute file path)", show(q, v),
+        k->name);
+    return -EINVAL;
+  }
+  if (stat(v, &st) == -1) {
+    e = errno;
+    bad(L, "cannot read %s \"%s\": %s", k->name, show(q, v), ERRSTR(e, ebuf));
+    return -EINVAL;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    bad(L, "cannot read %s \"%s\": not a regular file", k->name, show(q, v));
+    return -EINVAL;
+  }
+  fd = open(v, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd == -1) {
+    e = errno;
+    bad(L, "cannot read %s \"%s\": %s", k->name, show(q, v), ERRSTR(e, ebuf));
+    return -EINVAL;
+  }
+  close(fd);
+  return 0;
+}
+
+/* ca_file, and the upstream's one cert and key. */
+static int p_file(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
+{
+  char **dst = FIELD(base, k->off, char *);
+  char *s;
+  int rc = file_value(L, k, v, &s);
+
+  if (s != NULL) {
+    free(*dst);
+    *dst = s;
+  }
+  return rc;
+}
+
+/* A listener's cert and key lines: the i-th cert and the i-th key, in file
+ * order, fill slot i of the array at k->off (length at k->off_n), so either
+ * may come first; the section's sec_info counts both. finish() reports a
+ * slot with only one of the two. */
+static int certkey_add(struct loader *L, const struct key_def *k, const char *v,
+                       void *base, int is_key)
+{
+  struct px_conf_certkey **arr = FIELD(base, k->off, struct px_conf_certkey *);
+  size_t *n = FIELD(base, k->off_n, size_t);
+  size_t i = is_key ? L->info->nkey : L->info->ncert;
+  struct px_conf_certkey *ck;
+  char *s;
+  int rc = file_value(L, k, v, &s);
+
+  if (s == NULL)
+    return rc;
+  if (i == *n) {
+    ck = realloc(*arr, (*n + 1) * sizeof **arr);
+    if (ck == NULL) {
+      free(s);
+      oom(L);
+      return -ENOMEM;
+    }
+    *arr = ck;
+    memset(&ck[(*n)++], 0, sizeof *ck);
+  }
+  ck = &(*arr)[i];
+  if (is_key) {
+    ck->key = s;
+    ck->key_line = L->pend.line;
+    L->info->nkey++;
+  } else {
+    ck->cert = s;
+    ck->line = L->pend.line;
+    L->info->ncert++;
+  }
+  return rc;
+}
+
+static int p_cert(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
+{
+  return certkey_add(L, k, v, base, 0);
+}
+
+static int p_key(struct loader *L, const struct key_def *k, const char *v,
+                 void *base)
+{
+  return certkey_add(L, k, v, base, 1);
+}
+
+/* TLSv1.2 or TLSv1.3, stored as OpenSSL's version number. */
+static int p_tls_version(struct loader *L, const struct key_def *k,
+                         const char *v, void *base)
+{
+  static const struct {
+    const char *name;
+    int version;
+  } ok[] = { { "TLSv1.2", TLS1_2_VERSION }, { "TLSv1.3", TLS1_3_VERSION } };
+  static const char *const old[] = { "SSLv2", "SSLv3", "TLSv1", "TLSv1.0",
+                                     "TLSv1.1" };
+  char q[PX_CONF_SHOW + 4];
+  size_t i;
+
+  for (i = 0; i < sizeof ok / sizeof *ok; i++) {
+    if (strcasecmp(v, ok[i].name) == 0) {
+      *FIELD(base, k->off, int) = ok[i].version;
+      return 0;
+    }
+  }
+  for (i = 0; i < sizeof old / sizeof *old; i++) {
+    if (strcasecmp(v, old[i]) == 0) {
+      bad(L, "%s = %s is not allowed (RFC 8996/8997: TLS 1.2 or later)",
+          k->name, old[i]);
+      return -EINVAL;
+    }
+  }
+  bad(L, "bad value \"%s\" for %s (use TLSv1.2 or TLSv1.3)", show(q, v),
+      k->name);
+  return -EINVAL;
+}
+
+/* An OpenSSL cipher string for TLS 1.2 and below. Continuation lines were
+ * joined with spaces, which OpenSSL takes as separators like ":". OpenSSL
+ * itself is the judge, on a context made for the purpose: it skips words
+ * it does not know and fails only when nothing at all matches. */
+static int p_ciphers(struct loader *L, const struct key_def *k, const char *v,
+                     void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **dst = FIELD(base, k->off, char *);
+  SSL_CTX *ctx;
+  char *s;
+  int ok;
+
+  if (has_ctl(v)) {
+    bad(L, "bad value \"%s\" for %s (an OpenSSL cipher string)", show(q, v),
+        k->name);
+    return -EINVAL;
+  }
+  ERR_clear_error();
+  ctx = SSL_CTX_new(TLS_method());
+  if (ctx == NULL) {
+    ERR_clear_error();
+    errorf(L, L->pend.line,
+           "cannot check %s: OpenSSL could not make a TLS context", k->name);
+    return -EINVAL;
+  }
+  ok = SSL_CTX_set_cipher_list(ctx, v) == 1;
+  SSL_CTX_free(ctx);
+  ERR_clear_error();
+  if (!ok) {
+    errorf(L, L->pend.line,
+           "%s = %s matches no TLS 1.2 cipher of this OpenSSL (use a cipher "
+           "string such as ECDHE+AESGCM:ECDHE+CHACHA20; TLS 1.3 suites are "
+           "not set here)",
+           k->name, show(q, v));
+    return -EINVAL;
+  }
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+/* A DNS name: dot-separated labels of 1..63 letters, digits, "-" (not at
+ * either end) and "_", 253 characters at most, no final dot. Digits and
+ * dots alone are left to the IPv4 check. */
+static int is_dns_name(const char *s)
+{
+  size_t n = strlen(s), i, label = 0;
+
+  if (n == 0 || n > 253 || strspn(s, "0123456789.") == n)
+    return 0;
+  for (i = 0; i < n; i++) {
+    if (s[i] == '.') {
+      if (label == 0 || s[i - 1] == '-')
+        return 0;
+      label = 0;
+      continue;
+    }
+    if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+               "0123456789-_",
+               s[i]) == NULL)
+      return 0;
+    if ((s[i] == '-' && label == 0) || ++label > 63)
+      return 0;
+  }
+  return label > 0 && s[n - 1] != '-';
+}
+
+/* The name the upstream's certificate must match, sent as SNI unless it is
+ * an IP address. */
+static int p_server_name(struct loader *L, const struct key_def *k,
+                         const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **dst = FIELD(base, k->off, char *);
+  char *s;
+
+  if (!is_ip(v) && !is_dns_name(v)) {
+    bad(L,
+        "bad value \"%s\" for %s (use a DNS name such as mail.example or an "
+        "IP address, without port or brackets)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
 /* ---- sections ---- */
 
 static void main_defaults(struct px_conf *c)
@@ -982,6 +1239,9 @@ static void listener_defaults(struct px_conf_listener *l)
 {
   memset(l, 0, sizeof *l);
   l->tls = PX_TLS_OFF;
+  l->tls_min_version = TLS1_2_VERSION;
+  l->handshake_timeout_ms = 30 * MS_S;
+  /* require_tls: its default depends on tls; finish() sets it. */
   l->max_clients = 10000;
   l->max_clients_per_ip = 50;
   l->idle_timeout_ms = 10 * MS_M;
@@ -993,6 +1253,7 @@ static void upstream_defaults(struct px_conf_upstream *u)
 {
   memset(u, 0, sizeof *u);
   u->tls = PX_TLS_OFF;
+  u->verify = 1;
   u->connect_timeout_ms = 10 * MS_S;
   u->timeout_ms = 10 * MS_M;
   u->max_response_line = 1024;
@@ -1007,12 +1268,27 @@ static void main_free(struct px_conf *c)
   c->path = c->user = c->log_path = NULL;
 }
 
+static void certkey_free(struct px_conf_certkey *ck)
+{
+  free(ck->cert);
+  free(ck->key);
+  ck->cert = ck->key = NULL;
+}
+
 static void listener_free(struct px_conf_listener *l)
 {
+  size_t i;
+
   free(l->name);
   hostport_free(&l->bind);
+  for (i = 0; i < l->ncerts; i++)
+    certkey_free(&l->certs[i]);
+  free(l->certs);
+  free(l->ciphers);
   free(l->upstream_name);
-  l->name = l->upstream_name = NULL;
+  l->name = l->upstream_name = l->ciphers = NULL;
+  l->certs = NULL;
+  l->ncerts = 0;
 }
 
 static void upstream_free(struct px_conf_upstream *u)
@@ -1023,7 +1299,10 @@ static void upstream_free(struct px_conf_upstream *u)
   for (i = 0; i < u->nservers; i++)
     hostport_free(&u->servers[i]);
   free(u->servers);
-  u->name = NULL;
+  free(u->ca_file);
+  free(u->server_name);
+  certkey_free(&u->client);
+  u->name = u->ca_file = u->server_name = NULL;
   u->servers = NULL;
   u->nservers = 0;
 }
@@ -1641,6 +1920,90 @@ static size_t key_index(enum sec_kind kind, const char *name)
   return (size_t)(find_key(kind, name) - keys);
 }
 
+/* The line of key's first occurrence in a section; 0 when it has none. */
+static int seen_line(const struct sec_info *info, enum sec_kind kind,
+                     const char *key)
+{
+  return info->seen[key_index(kind, key)];
+}
+
+/* What only a whole [listener:NAME] tells about TLS. Also fills the *_line
+ * fields and the default of require_tls, which depends on tls. */
+static void finish_listener_tls(struct loader *L, struct px_conf_listener *l,
+                                const struct sec_info *info)
+{
+  char q[PX_CONF_SHOW + 4];
+  int cert_line = seen_line(info, SEC_LISTENER, "cert");
+  int key_line = seen_line(info, SEC_LISTENER, "key");
+  size_t i;
+
+  l->tls_line = seen_line(info, SEC_LISTENER, "tls");
+  l->ciphers_line = seen_line(info, SEC_LISTENER, "ciphers");
+  l->require_tls_line = seen_line(info, SEC_LISTENER, "require_tls");
+  if (l->require_tls_line == 0)
+    l->require_tls = l->tls == PX_TLS_STARTTLS;
+
+  if (l->tls == PX_TLS_OFF) {
+    if (cert_line != 0 || key_line != 0)
+      errorf(L,
+             cert_line != 0 && (key_line == 0 || cert_line < key_line)
+                 ? cert_line
+                 : key_line,
+             "cert/key without tls: [listener:%s] has tls = off (set tls = "
+             "implicit or starttls, or remove cert and key)",
+             l->name);
+    if (l->require_tls)
+      errorf(L, l->require_tls_line,
+             "require_tls = yes on a tls = off listener would refuse every "
+             "login");
+    return;
+  }
+  if (l->ncerts == 0) {
+    errorf(L, l->line,
+           "tls = %s needs cert and key: add a cert = line and a key = line "
+           "to [listener:%s]",
+           px_tls_mode_names[l->tls], l->name);
+    return;
+  }
+  for (i = 0; i < l->ncerts; i++) {
+    const struct px_conf_certkey *ck = &l->certs[i];
+    if (ck->key == NULL)
+      errorf(L, ck->line,
+             "cert \"%s\" without a key (cert and key lines pair up in "
+             "order: the first key belongs to the first cert, and so on)",
+             show(q, ck->cert));
+    else if (ck->cert == NULL)
+      errorf(L, ck->key_line,
+             "key \"%s\" without a cert (cert and key lines pair up in "
+             "order: the first key belongs to the first cert, and so on)",
+             show(q, ck->key));
+  }
+}
+
+/* The same for [upstream:NAME]: its client certificate is one optional
+ * cert and key pair. */
+static void finish_upstream_tls(struct loader *L, struct px_conf_upstream *u,
+                                const struct sec_info *info)
+{
+  char q[PX_CONF_SHOW + 4];
+
+  u->tls_line = seen_line(info, SEC_UPSTREAM, "tls");
+  u->verify_line = seen_line(info, SEC_UPSTREAM, "verify");
+  u->ca_file_line = seen_line(info, SEC_UPSTREAM, "ca_file");
+  u->client.line = seen_line(info, SEC_UPSTREAM, "cert");
+  u->client.key_line = seen_line(info, SEC_UPSTREAM, "key");
+  if (u->client.cert != NULL && u->client.key == NULL)
+    errorf(L, u->client.line,
+           "cert \"%s\" without a key (a client certificate needs both cert "
+           "and key)",
+           show(q, u->client.cert));
+  else if (u->client.key != NULL && u->client.cert == NULL)
+    errorf(L, u->client.key_line,
+           "key \"%s\" without a cert (a client certificate needs both cert "
+           "and key)",
+           show(q, u->client.key));
+}
+
 static void finish(struct loader *L)
 {
   struct px_conf *c = L->c;
@@ -1656,11 +2019,14 @@ static void finish(struct loader *L)
     c->workers = n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
   }
 
-  for (i = 0; i < c->nupstreams; i++)
+  for (i = 0; i < c->nupstreams; i++) {
     check_required(L, SEC_UPSTREAM, c->upstreams[i].name, &L->uinfo[i]);
+    finish_upstream_tls(L, &c->upstreams[i], &L->uinfo[i]);
+  }
   for (i = 0; i < c->nlisteners; i++) {
     struct px_conf_listener *l = &c->listeners[i];
     check_required(L, SEC_LISTENER, l->name, &L->linfo[i]);
+    finish_listener_tls(L, l, &L->linfo[i]);
     if (l->upstream_name == NULL)
       continue;
     for (j = 0; j < c->nupstreams; j++)
@@ -1861,4 +2227,57 @@ void px_conf_unref(struct px_conf **cp)
   *cp = NULL;
   if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
     conf_free(c);
+}
+
+/* Appends a formatted line to out[0..outlen) at *used; a line that does
+ * not fit is cut, and nothing more is written after it. */
+static PX_PRINTF(4, 5) void appendf(char *out, size_t outlen, size_t *used,
+                                    const char *fmt, ...)
+{
+  va_list ap;
+  int w;
+
+  if (out == NULL || *used + 1 >= outlen)
+    return;
+  va_start(ap, fmt);
+  w = vsnprintf(out + *used, outlen - *used, fmt, ap);
+  va_end(ap);
+  if (w < 0)
+    out[*used] = '\0';
+  else if ((size_t)w >= outlen - *used)
+    *used = outlen - 1;
+  else
+    *used += (size_t)w;
+}
+
+int px_conf_warnings(const struct px_conf *c, char *out, size_t outlen)
+{
+  size_t used = 0, i;
+  int n = 0;
+
+  if (out != NULL && outlen > 0)
+    out[0] = '\0';
+  if (c == NULL)
+    return 0;
+  for (i = 0; i < c->nlisteners; i++) {
+    const struct px_conf_listener *l = &c->listeners[i];
+    if (l->tls != PX_TLS_OFF)
+      continue;
+    appendf(out, outlen, &used,
+            "%s:%d: warning: [listener:%s] tls = off: passwords cross the "
+            "network in the clear\n",
+            c->path, l->tls_line != 0 ? l->tls_line : l->line, l->name);
+    n++;
+  }
+  for (i = 0; i < c->nupstreams; i++) {
+    const struct px_conf_upstream *u = &c->upstreams[i];
+    if (u->tls == PX_TLS_OFF || u->verify)
+      continue;
+    appendf(out, outlen, &used,
+            "%s:%d: warning: [upstream:%s] verify = no: the upstream's "
+            "certificate is not checked\n",
+            c->path, u->verify_line != 0 ? u->verify_line : u->line, u->name);
+    n++;
+  }
+  return n;
 }

@@ -35,22 +35,47 @@ struct px_conf_hostport {
   int line;
 };
 
+/* One certificate and its key, as a cert = line and the key = line that
+ * pairs with it (the i-th key belongs to the i-th cert). */
+struct px_conf_certkey {
+  char *cert; /* PEM chain file */
+  char *key;  /* PEM private key file */
+  int line;   /* of the cert = line */
+  int key_line;
+};
+
 struct px_conf_upstream {
   char *name;
   int line;                         /* line of the [upstream:NAME] header */
   struct px_conf_hostport *servers; /* >= 1, in file order */
   size_t nservers;
-  enum px_tls_mode tls;        /* only PX_TLS_OFF for now */
-  uint64_t connect_timeout_ms; /* default 10s */
-  uint64_t timeout_ms;         /* default 10m */
-  size_t max_response_line;    /* default 1024; 512..65536, incl. CRLF */
+  enum px_tls_mode tls; /* default off */
+  int tls_line;         /* line of tls =; 0 when not set */
+  int verify;           /* default 1: check chain and name */
+  int verify_line;      /* 0 when not set */
+  char *ca_file;        /* NULL: the system's CA store */
+  int ca_file_line;
+  char *server_name;             /* SNI and name check; NULL: server's host */
+  struct px_conf_certkey client; /* client certificate; cert NULL: none */
+  uint64_t connect_timeout_ms;   /* default 10s */
+  uint64_t timeout_ms;           /* default 10m */
+  size_t max_response_line;      /* default 1024; 512..65536, incl. CRLF */
 };
 
 struct px_conf_listener {
   char *name;
   int line;
   struct px_conf_hostport bind;      /* required */
-  enum px_tls_mode tls;              /* only PX_TLS_OFF for now */
+  enum px_tls_mode tls;              /* default off */
+  int tls_line;                      /* line of tls =; 0 when not set */
+  struct px_conf_certkey *certs;     /* >= 1 unless tls is off; the first */
+  size_t ncerts;                     /* is the default, the others SNI */
+  int tls_min_version;               /* TLS1_2_VERSION (default) or 1_3 */
+  char *ciphers;                     /* TLS 1.2 list; NULL: built-in */
+  int ciphers_line;                  /* 0 when not set */
+  int require_tls;                   /* default: 1 with starttls, else 0 */
+  int require_tls_line;              /* 0 when not set */
+  uint64_t handshake_timeout_ms;     /* default 30s; 1s..10m */
   char *upstream_name;               /* required */
   struct px_conf_upstream *upstream; /* resolved reference, never NULL */
   unsigned max_clients;              /* default 10000; >= 1 */
@@ -89,7 +114,9 @@ struct px_conf {
  * px_conf with refs == 1. On failure returns a negative code (-EINVAL for a
  * bad file, -errno when it cannot be read) and writes one or more lines
  * "FILE:LINE: message\n" (or "FILE: message\n" without a line) into
- * err[0..errlen), NUL-terminated and truncated if needed. Any thread. */
+ * err[0..errlen), NUL-terminated and truncated if needed. The cert, key and
+ * ca_file files it names must exist and be readable (they are opened, not
+ * parsed: tls.c loads them). Any thread. */
 int px_conf_load(const char *path, struct px_conf **out, char *err,
                  size_t errlen);
 
@@ -107,6 +134,13 @@ int px_conf_parse_duration(
 int px_conf_parse_size(const char *s,
                        uint64_t *bytes); /* "512", "64K", "1M", "2G" */
 int px_conf_parse_hostport(const char *s, char **host, char **port);
+
+/* Warnings about a valid configuration (a listener that takes passwords in
+ * the clear, an upstream whose certificate is not checked), as
+ * "FILE:LINE: warning: ...\n" lines into out[0..outlen), NUL-terminated and
+ * truncated if needed (out may be NULL when outlen is 0). Returns the
+ * number of warnings, written or not. */
+int px_conf_warnings(const struct px_conf *c, char *out, size_t outlen);
 int px_conf_parse_bool(const char *s,
                        int *b); /* yes/no on/off true/false 1/0 */
 

@@ -3,6 +3,9 @@
  * Every key with good and bad values, the FILE:LINE of each kind of error,
  * continuation lines, long lines, defaults, and the value parsers. Most
  * cases load a small config from a string; a few go through a real file.
+ * TLS keys name files that must exist: the group setup makes a directory
+ * with a few (conf.c only opens them), and "@" in a config or an expected
+ * message stands for that directory (see T()).
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -16,9 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/ssl.h>
 
 #include "conf.h"
 
@@ -29,6 +34,77 @@
 #define BASE_U "[upstream:u]\nserver = 127.0.0.1:1101\n"
 
 static char err[8192];
+
+/* ---- files ---- */
+
+static char tmpdir[64];
+
+/* Files the TLS keys may name; their content does not matter to conf.c. */
+static const char *const tls_files[] = { "a.pem", "a.key", "b.pem", "b.key",
+                                         "ca.pem" };
+
+static const char *write_file(const char *name, const char *data, size_t n)
+{
+  static char path[128];
+  FILE *f;
+
+  snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+  f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, n, f), n);
+  assert_int_equal(fclose(f), 0);
+  return path;
+}
+
+static int group_setup(void **state)
+{
+  size_t i;
+
+  (void)state;
+  strcpy(tmpdir, "/tmp/test_conf.XXXXXX");
+  if (mkdtemp(tmpdir) == NULL)
+    return -1;
+  for (i = 0; i < sizeof tls_files / sizeof *tls_files; i++)
+    write_file(tls_files[i], "not PEM\n", 8);
+  return 0;
+}
+
+static int group_teardown(void **state)
+{
+  char path[128];
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof tls_files / sizeof *tls_files; i++) {
+    snprintf(path, sizeof path, "%s/%s", tmpdir, tls_files[i]);
+    unlink(path);
+  }
+  rmdir(tmpdir);
+  return 0;
+}
+
+/* s with every "@" replaced by tmpdir, in one of four static buffers (so
+ * a call may take a config and its expected message both through T()). */
+static const char *T(const char *s)
+{
+  static char bufs[4][8192];
+  static int next;
+  char *out = bufs[next++ % 4];
+  size_t n = 0, dl = strlen(tmpdir);
+
+  for (; *s != '\0'; s++) {
+    if (*s == '@') {
+      assert_true(n + dl < sizeof bufs[0]);
+      memcpy(out + n, tmpdir, dl);
+      n += dl;
+    } else {
+      assert_true(n + 1 < sizeof bufs[0]);
+      out[n++] = *s;
+    }
+  }
+  out[n] = '\0';
+  return out;
+}
 
 static struct px_conf *load_ok(const char *text)
 {
@@ -245,6 +321,15 @@ static void test_defaults(void **state)
   assert_true(l->idle_timeout_ms == 600000);
   assert_true(l->login_timeout_ms == 180000);
   assert_int_equal(l->max_errors, 10);
+  assert_int_equal(l->tls_line, 0);
+  assert_null(l->certs);
+  assert_int_equal(l->ncerts, 0);
+  assert_int_equal(l->tls_min_version, TLS1_2_VERSION);
+  assert_null(l->ciphers);
+  assert_int_equal(l->ciphers_line, 0);
+  assert_int_equal(l->require_tls, 0);
+  assert_int_equal(l->require_tls_line, 0);
+  assert_true(l->handshake_timeout_ms == 30000);
 
   assert_int_equal(c->nupstreams, 1);
   u = &c->upstreams[0];
@@ -258,6 +343,14 @@ static void test_defaults(void **state)
   assert_true(u->connect_timeout_ms == 10000);
   assert_true(u->timeout_ms == 600000);
   assert_int_equal(u->max_response_line, 1024);
+  assert_int_equal(u->tls_line, 0);
+  assert_int_equal(u->verify, 1);
+  assert_int_equal(u->verify_line, 0);
+  assert_null(u->ca_file);
+  assert_int_equal(u->ca_file_line, 0);
+  assert_null(u->server_name);
+  assert_null(u->client.cert);
+  assert_null(u->client.key);
   px_conf_unref(&c);
   assert_null(c);
 }
@@ -404,7 +497,29 @@ static void test_good_values(void **state)
     { K_LISTENER, "login_timeout = 90", LO(login_timeout_ms), T_U64, 90000 },
     { K_LISTENER, "max_errors = 1", LO(max_errors), T_UINT, 1 },
     { K_LISTENER, "max_errors = 1000", LO(max_errors), T_UINT, 1000 },
+    /* TLS keys that a tls = off listener accepts (and ignores). */
+    { K_LISTENER, "tls_min_version = TLSv1.2", LO(tls_min_version), T_ENUM,
+      TLS1_2_VERSION },
+    { K_LISTENER, "tls_min_version = TLSv1.3", LO(tls_min_version), T_ENUM,
+      TLS1_3_VERSION },
+    { K_LISTENER, "tls_min_version = tlsv1.3", LO(tls_min_version), T_ENUM,
+      TLS1_3_VERSION },
+    { K_LISTENER, "handshake_timeout = 1s", LO(handshake_timeout_ms), T_U64,
+      1000 },
+    { K_LISTENER, "handshake_timeout = 10m", LO(handshake_timeout_ms), T_U64,
+      600000 },
+    { K_LISTENER, "handshake_timeout = 45", LO(handshake_timeout_ms), T_U64,
+      45000 },
+    { K_LISTENER, "require_tls = no", LO(require_tls), T_ENUM, 0 },
+    { K_LISTENER, "require_tls = off", LO(require_tls_line), T_ENUM, 4 },
+    { K_LISTENER, "tls = off", LO(tls_line), T_ENUM, 4 },
     { K_UPSTREAM, "tls = off", UO(tls), T_ENUM, PX_TLS_OFF },
+    { K_UPSTREAM, "tls = starttls", UO(tls), T_ENUM, PX_TLS_STARTTLS },
+    { K_UPSTREAM, "tls = implicit", UO(tls), T_ENUM, PX_TLS_IMPLICIT },
+    { K_UPSTREAM, "tls = IMPLICIT", UO(tls_line), T_ENUM, 6 },
+    { K_UPSTREAM, "verify = no", UO(verify), T_ENUM, 0 },
+    { K_UPSTREAM, "verify = yes", UO(verify), T_ENUM, 1 },
+    { K_UPSTREAM, "verify = false", UO(verify_line), T_ENUM, 6 },
     { K_UPSTREAM, "connect_timeout = 100ms", UO(connect_timeout_ms), T_U64,
       100 },
     { K_UPSTREAM, "connect_timeout = 1h", UO(connect_timeout_ms), T_U64,
@@ -613,12 +728,6 @@ static void test_bad_values(void **state)
     { K_MAIN, "metrics = 9110",
       "bad address \"9110\" for metrics: missing \":PORT\"" },
 
-    { K_LISTENER, "tls = starttls",
-      "tls = starttls: not supported yet by this build (only off)" },
-    { K_LISTENER, "tls = implicit",
-      "tls = implicit: not supported yet by this build (only off)" },
-    { K_LISTENER, "tls = Implicit",
-      "tls = implicit: not supported yet by this build (only off)" },
     { K_LISTENER, "tls = maybe",
       "bad value \"maybe\" for tls (use off, starttls or implicit)" },
     { K_LISTENER, "tls = no",
@@ -665,11 +774,54 @@ static void test_bad_values(void **state)
     { K_LISTENER, "max_errors = 1e3",
       "bad number \"1e3\" for max_errors (use a whole number from 1 to "
       "1000)" },
+    { K_LISTENER, "tls_min_version = TLSv1",
+      "tls_min_version = TLSv1 is not allowed (RFC 8996/8997: TLS 1.2 or "
+      "later)" },
+    { K_LISTENER, "tls_min_version = TLSv1.0",
+      "tls_min_version = TLSv1.0 is not allowed (RFC 8996/8997: TLS 1.2 or "
+      "later)" },
+    { K_LISTENER, "tls_min_version = tlsv1.1",
+      "tls_min_version = TLSv1.1 is not allowed (RFC 8996/8997: TLS 1.2 or "
+      "later)" },
+    { K_LISTENER, "tls_min_version = SSLv3",
+      "tls_min_version = SSLv3 is not allowed (RFC 8996/8997: TLS 1.2 or "
+      "later)" },
+    { K_LISTENER, "tls_min_version = TLS1.2",
+      "bad value \"TLS1.2\" for tls_min_version (use TLSv1.2 or TLSv1.3)" },
+    { K_LISTENER, "tls_min_version = TLSv1.4",
+      "bad value \"TLSv1.4\" for tls_min_version (use TLSv1.2 or TLSv1.3)" },
+    { K_LISTENER, "tls_min_version = 1.2",
+      "bad value \"1.2\" for tls_min_version (use TLSv1.2 or TLSv1.3)" },
+    { K_LISTENER, "tls_min_version =", "empty value for tls_min_version" },
+    { K_LISTENER, "handshake_timeout = 0",
+      "handshake_timeout = 0 is out of range (1s..10m)" },
+    { K_LISTENER, "handshake_timeout = 999ms",
+      "handshake_timeout = 999ms is out of range (1s..10m)" },
+    { K_LISTENER, "handshake_timeout = 601s",
+      "handshake_timeout = 601s is out of range (1s..10m)" },
+    { K_LISTENER, "handshake_timeout = soon",
+      "bad duration \"soon\" for handshake_timeout (use e.g. 30s, 10m, "
+      "1h)" },
+    { K_LISTENER, "require_tls = maybe",
+      "bad value \"maybe\" for require_tls (use yes or no)" },
+    { K_LISTENER, "require_tls = yes",
+      "require_tls = yes on a tls = off listener would refuse every login" },
+    { K_LISTENER, "ciphers = NOSUCHCIPHER",
+      "ciphers = NOSUCHCIPHER matches no TLS 1.2 cipher of this OpenSSL (use "
+      "a cipher string such as ECDHE+AESGCM:ECDHE+CHACHA20; TLS 1.3 suites "
+      "are not set here)" },
+    { K_LISTENER, "ciphers = TLS_AES_128_GCM_SHA256",
+      "ciphers = TLS_AES_128_GCM_SHA256 matches no TLS 1.2 cipher of this "
+      "OpenSSL (use a cipher string such as ECDHE+AESGCM:ECDHE+CHACHA20; "
+      "TLS 1.3 suites are not set here)" },
+    { K_LISTENER, "ciphers = !ALL",
+      "ciphers = !ALL matches no TLS 1.2 cipher of this OpenSSL (use a "
+      "cipher string such as ECDHE+AESGCM:ECDHE+CHACHA20; TLS 1.3 suites "
+      "are not set here)" },
+    { K_LISTENER, "ciphers = HIGH\x01",
+      "bad value \"HIGH?\" for ciphers (an OpenSSL cipher string)" },
+    { K_LISTENER, "ciphers =", "empty value for ciphers" },
 
-    { K_UPSTREAM, "tls = implicit",
-      "tls = implicit: not supported yet by this build (only off)" },
-    { K_UPSTREAM, "tls = starttls",
-      "tls = starttls: not supported yet by this build (only off)" },
     { K_UPSTREAM, "tls = ssl",
       "bad value \"ssl\" for tls (use off, starttls or implicit)" },
     { K_UPSTREAM, "connect_timeout = 99ms",
@@ -714,6 +866,28 @@ static void test_bad_values(void **state)
     { K_UPSTREAM, "server = mail:65536",
       "bad address \"mail:65536\" for server: the port must be a number "
       "from 1 to 65535" },
+    { K_UPSTREAM, "verify = maybe",
+      "bad value \"maybe\" for verify (use yes or no)" },
+    { K_UPSTREAM, "verify =", "empty value for verify" },
+    { K_UPSTREAM, "ca_file = ca.pem",
+      "bad value \"ca.pem\" for ca_file (use an absolute file path)" },
+    { K_UPSTREAM, "ca_file = /etc/",
+      "bad value \"/etc/\" for ca_file (use an absolute file path)" },
+    { K_UPSTREAM, "ca_file = /nonexistent/ca.pem",
+      "cannot read ca_file \"/nonexistent/ca.pem\": No such file or "
+      "directory" },
+    { K_UPSTREAM, "ca_file = /dev/null",
+      "cannot read ca_file \"/dev/null\": not a regular file" },
+    { K_UPSTREAM, "ca_file = /",
+      "bad value \"/\" for ca_file (use an absolute file path)" },
+  };
+  /* server_name: neither a DNS name nor an IP address. */
+  static const char *const bad_names[] = {
+    "mail.example:995", "[::1]", "-x.example", "x-.example", "a..b",
+    "a.example.", ".a.example", "1.2.3.999", "mail example", "m@il.example",
+    "123", "::g",
+    "a23456789012345678901234567890123456789012345678901234567890abcd."
+    "example",
   };
   char buf[1024], want[1024];
   size_t i;
@@ -725,6 +899,15 @@ static void test_bad_values(void **state)
              cases[i].msg);
     expect_only_err(with(buf, sizeof buf, cases[i].kind, cases[i].line),
                     want);
+  }
+  for (i = 0; i < sizeof bad_names / sizeof *bad_names; i++) {
+    char line_[256];
+    snprintf(line_, sizeof line_, "server_name = %s", bad_names[i]);
+    snprintf(want, sizeof want,
+             NAME ":6: bad value \"%s\" for server_name (use a DNS name such "
+             "as mail.example or an IP address, without port or brackets)",
+             bad_names[i]);
+    expect_only_err(with(buf, sizeof buf, K_UPSTREAM, line_), want);
   }
 }
 
@@ -819,9 +1002,17 @@ static void test_err_unknown_key(void **state)
                   NAME ":6: unknown key \"workers\" in [upstream:u] (workers "
                   "belongs in [popgate])");
   /* A key DESIGN.md promises that this build does not implement. */
-  expect_only_err(BASE_L "cert = /etc/popgate/a.pem\n" BASE_U,
-                  NAME ":4: key \"cert\" in [listener:a] is not supported "
+  expect_only_err(BASE_L "filters = clamav\n" BASE_U,
+                  NAME ":4: key \"filters\" in [listener:a] is not supported "
                   "yet by this build");
+  /* cert is a key of [listener:NAME] and [upstream:NAME]: the message
+   * names the first. */
+  expect_only_err("[popgate]\ncert = /a.pem\n" BASE_L BASE_U,
+                  NAME ":2: unknown key \"cert\" in [popgate] (cert belongs "
+                  "in [listener:NAME])");
+  expect_only_err(BASE_L BASE_U "tls_min_version = TLSv1.3\n",
+                  NAME ":6: unknown key \"tls_min_version\" in [upstream:u] "
+                  "(tls_min_version belongs in [listener:NAME])");
   /* The continuation lines of an unknown key add no errors. */
   expect_only_err(BASE_L "foo = 1\n  2\n  3\n" BASE_U,
                   NAME ":4: unknown key \"foo\" in [listener:a]");
@@ -1226,26 +1417,330 @@ static void test_err_buffer(void **state)
                   "warn, info or debug)");
 }
 
-/* ---- files ---- */
+/* ---- TLS ---- */
 
-static char tmpdir[64];
+/* A listener header and its two required keys (lines 1-3); the TLS lines
+ * of a test start at line 4. */
+#define L3 "[listener:a]\nbind = 127.0.0.1:1100\nupstream = u\n"
 
-static const char *write_file(const char *name, const char *data, size_t n)
+static void test_tls_listener(void **state)
 {
-  static char path[128];
-  FILE *f;
+  struct px_conf *c;
+  struct px_conf_listener *l;
 
-  if (tmpdir[0] == '\0') {
-    strcpy(tmpdir, "/tmp/test_conf.XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
-  }
-  snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-  f = fopen(path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(data, 1, n, f), n);
-  assert_int_equal(fclose(f), 0);
-  return path;
+  (void)state;
+  c = load_ok(T(L3 "tls = implicit\n"            /* 4 */
+                   "cert = @/a.pem\n"            /* 5 */
+                   "key = @/a.key\n"             /* 6 */
+                   "cert = @/b.pem ; SNI\n"      /* 7 */
+                   "key = @/b.key\n"             /* 8 */
+                   "tls_min_version = TLSv1.3\n" /* 9 */
+                   "ciphers = ECDHE+AESGCM\n"    /* 10 */
+                   "  ECDHE+CHACHA20 ; more\n"   /* 11 */
+                   "require_tls = yes\n"         /* 12 */
+                   "handshake_timeout = 10s\n"   /* 13 */
+                   BASE_U));
+  l = &c->listeners[0];
+  assert_int_equal(l->tls, PX_TLS_IMPLICIT);
+  assert_int_equal(l->tls_line, 4);
+  assert_int_equal(l->ncerts, 2);
+  assert_string_equal(l->certs[0].cert, T("@/a.pem"));
+  assert_string_equal(l->certs[0].key, T("@/a.key"));
+  assert_int_equal(l->certs[0].line, 5);
+  assert_int_equal(l->certs[0].key_line, 6);
+  assert_string_equal(l->certs[1].cert, T("@/b.pem"));
+  assert_string_equal(l->certs[1].key, T("@/b.key"));
+  assert_int_equal(l->certs[1].line, 7);
+  assert_int_equal(l->certs[1].key_line, 8);
+  assert_int_equal(l->tls_min_version, TLS1_3_VERSION);
+  assert_string_equal(l->ciphers, "ECDHE+AESGCM ECDHE+CHACHA20");
+  assert_int_equal(l->ciphers_line, 10);
+  assert_int_equal(l->require_tls, 1);
+  assert_int_equal(l->require_tls_line, 12);
+  assert_true(l->handshake_timeout_ms == 10000);
+  px_conf_unref(&c);
+
+  /* Pairs go by order, not by adjacency: two certs, then two keys; a key
+   * before its cert. */
+  c = load_ok(T(L3 "tls = starttls\ncert = @/a.pem\ncert = @/b.pem\n"
+                   "key = @/a.key\nkey = @/b.key\n" BASE_U));
+  l = &c->listeners[0];
+  assert_int_equal(l->ncerts, 2);
+  assert_string_equal(l->certs[1].cert, T("@/b.pem"));
+  assert_string_equal(l->certs[1].key, T("@/b.key"));
+  assert_int_equal(l->certs[1].line, 6);
+  assert_int_equal(l->certs[1].key_line, 8);
+  px_conf_unref(&c);
+  c = load_ok(T(L3 "key = @/a.key\ncert = @/a.pem\ntls = implicit\n" BASE_U));
+  l = &c->listeners[0];
+  assert_int_equal(l->ncerts, 1);
+  assert_string_equal(l->certs[0].cert, T("@/a.pem"));
+  assert_int_equal(l->certs[0].line, 5);
+  assert_int_equal(l->certs[0].key_line, 4);
+  px_conf_unref(&c);
+
+  /* Ciphers as OpenSSL names and with every separator it knows. */
+  c = load_ok(L3 "ciphers = ECDHE-RSA-AES128-GCM-SHA256,ECDHE-ECDSA-AES128-"
+                 "GCM-SHA256 HIGH:!aNULL\n" BASE_U);
+  assert_string_equal(c->listeners[0].ciphers, "ECDHE-RSA-AES128-GCM-SHA256,"
+                      "ECDHE-ECDSA-AES128-GCM-SHA256 HIGH:!aNULL");
+  px_conf_unref(&c);
+  /* Words OpenSSL does not know are skipped, as OpenSSL does. */
+  c = load_ok(L3 "ciphers = NOSUCH:ECDHE+AESGCM\n" BASE_U);
+  px_conf_unref(&c);
 }
+
+/* require_tls: its default follows tls; yes is an error only with off. */
+static void test_tls_require_default(void **state)
+{
+  static const struct {
+    const char *lines;
+    enum px_tls_mode tls;
+    int require_tls;
+  } cases[] = {
+    { "", PX_TLS_OFF, 0 },
+    { "tls = off\n", PX_TLS_OFF, 0 },
+    { "tls = off\nrequire_tls = no\n", PX_TLS_OFF, 0 },
+    { "tls = starttls\ncert = @/a.pem\nkey = @/a.key\n", PX_TLS_STARTTLS, 1 },
+    { "tls = starttls\ncert = @/a.pem\nkey = @/a.key\nrequire_tls = no\n",
+      PX_TLS_STARTTLS, 0 },
+    { "tls = implicit\ncert = @/a.pem\nkey = @/a.key\n", PX_TLS_IMPLICIT, 0 },
+    { "tls = implicit\ncert = @/a.pem\nkey = @/a.key\nrequire_tls = yes\n",
+      PX_TLS_IMPLICIT, 1 },
+  };
+  char text[1024];
+  struct px_conf *c;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof *cases; i++) {
+    snprintf(text, sizeof text, L3 "%s" BASE_U, cases[i].lines);
+    c = load_ok(T(text));
+    assert_int_equal(c->listeners[0].tls, cases[i].tls);
+    assert_int_equal(c->listeners[0].require_tls, cases[i].require_tls);
+    assert_true(c->listeners[0].handshake_timeout_ms == 30000);
+    assert_int_equal(c->listeners[0].tls_min_version, TLS1_2_VERSION);
+    px_conf_unref(&c);
+  }
+  /* yes with tls = off, set or by default: at the require_tls line. */
+  expect_only_err(L3 "tls = off\n\nrequire_tls = yes\n" BASE_U,
+                  NAME ":6: require_tls = yes on a tls = off listener would "
+                  "refuse every login");
+  expect_only_err(L3 "require_tls = on\n" BASE_U,
+                  NAME ":4: require_tls = yes on a tls = off listener would "
+                  "refuse every login");
+}
+
+static void test_tls_listener_errors(void **state)
+{
+  (void)state;
+  /* TLS without a certificate: at the [listener] header. */
+  expect_only_err(L3 "tls = implicit\n" BASE_U,
+                  NAME ":1: tls = implicit needs cert and key: add a cert = "
+                  "line and a key = line to [listener:a]");
+  expect_only_err("\n" L3 "tls = starttls\nrequire_tls = yes\n" BASE_U,
+                  NAME ":2: tls = starttls needs cert and key: add a cert = "
+                  "line and a key = line to [listener:a]");
+  /* A cert without its key, a key without its cert: at that line. */
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\n" BASE_U),
+                  T(NAME ":5: cert \"@/a.pem\" without a key (cert and key "
+                    "lines pair up in order: the first key belongs to the "
+                    "first cert, and so on)"));
+  expect_only_err(T(L3 "tls = implicit\nkey = @/a.key\n" BASE_U),
+                  T(NAME ":5: key \"@/a.key\" without a cert (cert and key "
+                    "lines pair up in order: the first key belongs to the "
+                    "first cert, and so on)"));
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\nkey = @/a.key\n"
+                       "cert = @/b.pem\n" BASE_U),
+                  T(NAME ":7: cert \"@/b.pem\" without a key (cert and key "
+                    "lines pair up in order: the first key belongs to the "
+                    "first cert, and so on)"));
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\nkey = @/a.key\n"
+                       "\nkey = @/b.key\n" BASE_U),
+                  T(NAME ":8: key \"@/b.key\" without a cert (cert and key "
+                    "lines pair up in order: the first key belongs to the "
+                    "first cert, and so on)"));
+  /* cert/key with tls = off (set or by default): at the first of them. */
+  expect_only_err(T(L3 "tls = off\ncert = @/a.pem\nkey = @/a.key\n" BASE_U),
+                  NAME ":5: cert/key without tls: [listener:a] has tls = off "
+                  "(set tls = implicit or starttls, or remove cert and key)");
+  expect_only_err(T(L3 "key = @/a.key\n" BASE_U),
+                  NAME ":4: cert/key without tls: [listener:a] has tls = off "
+                  "(set tls = implicit or starttls, or remove cert and key)");
+  /* Listener TLS keys belong to listeners; each section is checked on its
+   * own. */
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\nkey = @/a.key\n"
+                       "[listener:b]\nbind = 127.0.0.1:1200\nupstream = u\n"
+                       "tls = implicit\n" BASE_U),
+                  NAME ":7: tls = implicit needs cert and key: add a cert = "
+                  "line and a key = line to [listener:b]");
+}
+
+/* The files must exist and be readable regular files, named by absolute
+ * paths; an error names the file. Pairing still holds after one, so a
+ * bad file costs one message, not two. */
+static void test_tls_files(void **state)
+{
+  char want[512];
+  const char *p;
+
+  (void)state;
+  expect_only_err(T(L3 "tls = implicit\ncert = @/nosuch.pem\nkey = @/a.key\n"
+                       BASE_U),
+                  T(NAME ":5: cannot read cert \"@/nosuch.pem\": No such file "
+                    "or directory"));
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\nkey = @/nosuch.key\n"
+                       BASE_U),
+                  T(NAME ":6: cannot read key \"@/nosuch.key\": No such file "
+                    "or directory"));
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem/x\nkey = @/a.key\n"
+                       BASE_U),
+                  T(NAME ":5: cannot read cert \"@/a.pem/x\": Not a "
+                    "directory"));
+  expect_only_err(T(L3 "tls = implicit\ncert = @\nkey = @/a.key\n" BASE_U),
+                  T(NAME ":5: cannot read cert \"@\": not a regular file"));
+  expect_err_line(L3 "tls = implicit\ncert = /dev/null\nkey = /dev/zero\n"
+                     BASE_U,
+                  NAME ":5: cannot read cert \"/dev/null\": not a regular "
+                  "file");
+  assert_int_equal(count_lines(err), 2);
+  expect_err_line(L3 "tls = implicit\ncert = /dev/null\nkey = /dev/zero\n"
+                     BASE_U,
+                  NAME ":6: cannot read key \"/dev/zero\": not a regular "
+                  "file");
+  expect_only_err(T(L3 "tls = implicit\ncert = a.pem\nkey = @/a.key\n" BASE_U),
+                  NAME ":5: bad value \"a.pem\" for cert (use an absolute "
+                  "file path)");
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\nkey = ./a.key\n"
+                     BASE_U),
+                  NAME ":6: bad value \"./a.key\" for key (use an absolute "
+                  "file path)");
+  /* A path continued over lines is one path (and says so). */
+  expect_only_err(T(L3 "tls = implicit\ncert = @/a\n  .pem\nkey = @/a.key\n"
+                       BASE_U),
+                  T(NAME ":5: cannot read cert \"@/a .pem\": No such file or "
+                    "directory (lines 5-6 joined: an indented line continues "
+                    "the value above it)"));
+  /* Unreadable: only an unprivileged user can tell. */
+  if (geteuid() != 0) {
+    p = write_file("secret.key", "x\n", 2);
+    assert_int_equal(chmod(p, 0), 0);
+    snprintf(want, sizeof want,
+             NAME ":6: cannot read key \"%s\": Permission denied", p);
+    expect_only_err(T(L3 "tls = implicit\ncert = @/a.pem\nkey = @/secret.key\n"
+                         BASE_U),
+                    want);
+    unlink(p);
+  }
+}
+
+static void test_tls_upstream(void **state)
+{
+  struct px_conf *c;
+  struct px_conf_upstream *u;
+
+  (void)state;
+  c = load_ok(T(BASE_L "[upstream:u]\n"          /* 4 */
+                       "server = mail.example:995\n"
+                       "tls = implicit\n"        /* 6 */
+                       "verify = yes\n"          /* 7 */
+                       "ca_file = @/ca.pem\n"    /* 8 */
+                       "server_name = pop.example\n"
+                       "cert = @/a.pem\n"        /* 10 */
+                       "key = @/a.key\n"));      /* 11 */
+  u = &c->upstreams[0];
+  assert_int_equal(u->tls, PX_TLS_IMPLICIT);
+  assert_int_equal(u->tls_line, 6);
+  assert_int_equal(u->verify, 1);
+  assert_int_equal(u->verify_line, 7);
+  assert_string_equal(u->ca_file, T("@/ca.pem"));
+  assert_int_equal(u->ca_file_line, 8);
+  assert_string_equal(u->server_name, "pop.example");
+  assert_string_equal(u->client.cert, T("@/a.pem"));
+  assert_string_equal(u->client.key, T("@/a.key"));
+  assert_int_equal(u->client.line, 10);
+  assert_int_equal(u->client.key_line, 11);
+  px_conf_unref(&c);
+
+  /* server_name: DNS names and IP addresses. */
+  static const char *const names[] = {
+    "mail.example", "localhost", "192.0.2.1", "2001:db8::1", "::1",
+    "xn--bcher-kva.example", "a_b.example", "A.EXAMPLE", "1a.example",
+    "a23456789012345678901234567890123456789012345678901234567890abc."
+    "example",
+  };
+  char text[1024];
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(text, sizeof text, BASE_L BASE_U "tls = starttls\n"
+             "server_name = %s\n", names[i]);
+    c = load_ok(text);
+    assert_string_equal(c->upstreams[0].server_name, names[i]);
+    px_conf_unref(&c);
+  }
+
+  /* The client certificate: both or neither. */
+  expect_only_err(T(BASE_L BASE_U "tls = implicit\ncert = @/a.pem\n"),
+                  T(NAME ":7: cert \"@/a.pem\" without a key (a client "
+                    "certificate needs both cert and key)"));
+  expect_only_err(T(BASE_L BASE_U "tls = implicit\n\nkey = @/a.key\n"),
+                  T(NAME ":8: key \"@/a.key\" without a cert (a client "
+                    "certificate needs both cert and key)"));
+  expect_only_err(T(BASE_L BASE_U "cert = @/a.pem\nkey = @/a.key\n"
+                                  "cert = @/b.pem\n"),
+                  NAME ":8: duplicate key \"cert\" in [upstream:u] (first at "
+                  "line 6)");
+  expect_only_err(T(BASE_L BASE_U "cert = @/nosuch.pem\nkey = @/a.key\n"),
+                  T(NAME ":6: cannot read cert \"@/nosuch.pem\": No such "
+                    "file or directory"));
+  expect_only_err(T(BASE_L BASE_U "ca_file = @/nosuch.pem\n"),
+                  T(NAME ":6: cannot read ca_file \"@/nosuch.pem\": No such "
+                    "file or directory"));
+}
+
+static void test_warnings(void **state)
+{
+  char out[1024], small[40];
+  struct px_conf *c;
+
+  (void)state;
+  /* tls unset: the header's line. */
+  c = load_ok(BASE_L BASE_U);
+  assert_int_equal(px_conf_warnings(c, out, sizeof out), 1);
+  assert_string_equal(out, NAME ":1: warning: [listener:a] tls = off: "
+                      "passwords cross the network in the clear\n");
+  px_conf_unref(&c);
+
+  /* Two plain listeners (one says tls = off at line 7); an upstream with
+   * verify = no and TLS; one with verify = no and no TLS (no warning). */
+  c = load_ok(BASE_L "[listener:b]\nbind = 127.0.0.1:1200\nupstream = u\n"
+              "tls = off\n" BASE_U "tls = starttls\nverify = no\n"
+              "[upstream:v]\nserver = 127.0.0.1:1\nverify = no\n");
+  assert_int_equal(px_conf_warnings(c, out, sizeof out), 3);
+  assert_string_equal(out,
+                      NAME ":1: warning: [listener:a] tls = off: passwords "
+                      "cross the network in the clear\n"
+                      NAME ":7: warning: [listener:b] tls = off: passwords "
+                      "cross the network in the clear\n"
+                      NAME ":11: warning: [upstream:u] verify = no: the "
+                      "upstream's certificate is not checked\n");
+  /* A short buffer: cut, NUL-terminated, the count unchanged. */
+  memset(small, 'x', sizeof small);
+  assert_int_equal(px_conf_warnings(c, small, sizeof small), 3);
+  assert_int_equal(strlen(small), sizeof small - 1);
+  assert_memory_equal(small, NAME ":1: warning: [listener:a]", 26);
+  assert_int_equal(px_conf_warnings(c, NULL, 0), 3);
+  px_conf_unref(&c);
+
+  /* TLS everywhere, verified: nothing to say. */
+  c = load_ok(T(L3 "tls = implicit\ncert = @/a.pem\nkey = @/a.key\n" BASE_U
+                   "tls = implicit\n"));
+  strcpy(out, "junk");
+  assert_int_equal(px_conf_warnings(c, out, sizeof out), 0);
+  assert_string_equal(out, "");
+  px_conf_unref(&c);
+}
+
+/* ---- a real file ---- */
 
 static void test_file(void **state)
 {
@@ -1302,25 +1797,35 @@ static int cleanup_files(void **state)
     unlink(path);
     snprintf(path, sizeof path, "%s/nul.ini", tmpdir);
     unlink(path);
-    rmdir(tmpdir);
   }
   return 0;
 }
 
 /* The annotated example must stay valid, with its commented-out examples
- * too. Run from the repository root (or tests/unit); skipped elsewhere. */
+ * too. Their cert, key and ca_file paths are examples: each such line is
+ * pointed at one of the test's files instead. Run from the repository root
+ * (or tests/unit); skipped elsewhere. */
 static void test_example_file(void **state)
 {
   static const char *const paths[] = { "conf/popgate.ini",
                                        "../../conf/popgate.ini" };
   static const char *const uncomment[] = {
     ";user =", ";metrics =", ";server =", ";[listener:local]", ";bind =",
-    ";upstream =",
+    ";upstream =", ";[listener:pop3s]", ";tls =", ";cert =", ";key =",
+    ";tls_min_version =", ";ciphers =", ";require_tls =",
+    ";handshake_timeout =", ";[upstream:secure]", ";verify =", ";ca_file =",
+    ";server_name =",
   };
-  char *text, *line;
+  static const struct {
+    const char *prefix, *file;
+  } files[] = { { "cert =", "a.pem" }, { "key =", "a.key" },
+                { "ca_file =", "ca.pem" } };
+  char *text, *out, *line, *nl;
+  const struct px_conf_listener *l;
+  const struct px_conf_upstream *u;
   struct px_conf *c;
   FILE *f = NULL;
-  size_t i, n;
+  size_t i, n, used = 0, cap;
   long len;
 
   (void)state;
@@ -1338,31 +1843,72 @@ static void test_example_file(void **state)
   text[len] = '\0';
   fclose(f);
 
+  /* As shipped: one plain listener, which -t warns about. */
   c = load_ok(text);
   assert_int_equal(c->nlisteners, 1);
+  assert_int_equal(c->nupstreams, 1);
   assert_null(c->metrics.host);
+  assert_int_equal(c->listeners[0].tls, PX_TLS_OFF);
+  assert_int_equal(px_conf_warnings(c, err, sizeof err), 1);
   px_conf_unref(&c);
 
-  /* Drop the ";" of each commented-out example line. */
-  for (line = text; line != NULL && *line != '\0';) {
-    for (i = 0; i < sizeof uncomment / sizeof *uncomment; i++) {
-      n = strlen(uncomment[i]);
-      if (strncmp(line, uncomment[i], n) == 0) {
-        /* Remove it: a space instead would make a continuation line. */
-        memmove(line, line + 1, strlen(line + 1) + 1);
+  /* Drop the ";" of each commented-out example line (a space instead
+   * would make a continuation line), and point file keys at real files. */
+  cap = (size_t)len + 4096;
+  out = malloc(cap);
+  assert_non_null(out);
+  for (line = text; *line != '\0'; line = nl) {
+    nl = strchr(line, '\n');
+    nl = nl != NULL ? nl + 1 : line + strlen(line);
+    n = (size_t)(nl - line);
+    for (i = 0; i < sizeof uncomment / sizeof *uncomment; i++)
+      if (strncmp(line, uncomment[i], strlen(uncomment[i])) == 0)
         break;
-      }
-    }
-    line = strchr(line, '\n');
-    if (line != NULL)
+    if (i < sizeof uncomment / sizeof *uncomment) {
       line++;
+      n--;
+      for (i = 0; i < sizeof files / sizeof *files; i++) {
+        if (strncmp(line, files[i].prefix, strlen(files[i].prefix)) == 0) {
+          used += (size_t)snprintf(out + used, cap - used, "%s %s/%s\n",
+                                   files[i].prefix, tmpdir, files[i].file);
+          break;
+        }
+      }
+      if (i < sizeof files / sizeof *files)
+        continue;
+    }
+    assert_true(used + n < cap);
+    memcpy(out + used, line, n);
+    used += n;
   }
-  c = load_ok(text);
-  assert_int_equal(c->nlisteners, 2);
+  out[used] = '\0';
+
+  c = load_ok(out);
+  assert_int_equal(c->nlisteners, 3);
   assert_non_null(c->user);
   assert_non_null(c->metrics.host);
   assert_int_equal(c->upstreams[0].nservers, 2);
+  l = &c->listeners[2];
+  assert_string_equal(l->name, "pop3s");
+  assert_int_equal(l->tls, PX_TLS_IMPLICIT);
+  assert_int_equal(l->ncerts, 1);
+  assert_int_equal(l->tls_min_version, TLS1_2_VERSION);
+  assert_non_null(l->ciphers);
+  assert_int_equal(l->require_tls, 1);
+  assert_true(l->handshake_timeout_ms == 30000);
+  assert_int_equal(c->nupstreams, 2);
+  u = &c->upstreams[1];
+  assert_string_equal(u->name, "secure");
+  assert_int_equal(u->tls, PX_TLS_IMPLICIT);
+  assert_int_equal(u->verify, 1);
+  assert_non_null(u->ca_file);
+  assert_non_null(u->server_name);
+  assert_non_null(u->client.cert);
+  assert_non_null(u->client.key);
+  /* The two plain listeners. */
+  assert_int_equal(px_conf_warnings(c, err, sizeof err), 2);
   px_conf_unref(&c);
+  free(out);
   free(text);
 }
 
@@ -1424,10 +1970,16 @@ int main(void)
     cmocka_unit_test(test_bom_crlf),
     cmocka_unit_test(test_error_cap),
     cmocka_unit_test(test_err_buffer),
+    cmocka_unit_test(test_tls_listener),
+    cmocka_unit_test(test_tls_require_default),
+    cmocka_unit_test(test_tls_listener_errors),
+    cmocka_unit_test(test_tls_files),
+    cmocka_unit_test(test_tls_upstream),
+    cmocka_unit_test(test_warnings),
     cmocka_unit_test_teardown(test_file, cleanup_files),
     cmocka_unit_test(test_example_file),
     cmocka_unit_test(test_refs),
   };
 
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
