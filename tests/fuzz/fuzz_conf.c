@@ -39,7 +39,16 @@ static void check_conf(const struct px_conf *c)
           atoi(l->bind.port) <= 65535);
     CHECK(l->upstream != NULL && l->upstream_name != NULL);
     CHECK(strcmp(l->upstream->name, l->upstream_name) == 0);
-    CHECK(l->tls == PX_TLS_OFF);
+    CHECK(l->tls < PX_TLS_COUNT);
+    CHECK((l->tls == PX_TLS_OFF) == (l->ncerts == 0));
+    for (j = 0; j < l->ncerts; j++)
+      CHECK(l->certs[j].cert != NULL && l->certs[j].key != NULL &&
+            l->certs[j].line > 0 && l->certs[j].key_line > 0);
+    CHECK(l->tls_min_version == 0x0303 || l->tls_min_version == 0x0304);
+    CHECK(l->require_tls == 0 || l->require_tls == 1);
+    CHECK(!(l->tls == PX_TLS_OFF && l->require_tls));
+    CHECK((l->ciphers == NULL) == (l->ciphers_line == 0));
+    CHECK(l->handshake_timeout_ms >= 1000 && l->handshake_timeout_ms <= 600000);
     CHECK(l->max_clients >= 1);
     CHECK(l->idle_timeout_ms >= 600000);
     CHECK(l->max_errors >= 1 && l->max_errors <= 1000);
@@ -49,7 +58,10 @@ static void check_conf(const struct px_conf *c)
     CHECK(u->name != NULL && u->nservers >= 1 && u->servers != NULL);
     for (j = 0; j < u->nservers; j++)
       CHECK(u->servers[j].host != NULL && u->servers[j].port != NULL);
-    CHECK(u->tls == PX_TLS_OFF);
+    CHECK(u->tls < PX_TLS_COUNT);
+    CHECK(u->verify == 0 || u->verify == 1);
+    CHECK((u->ca_file == NULL) == (u->ca_file_line == 0));
+    CHECK((u->client.cert == NULL) == (u->client.key == NULL));
     CHECK(u->max_response_line >= 512 && u->max_response_line <= 65536);
   }
 }
@@ -99,6 +111,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   if (rc == 0) {
     CHECK(c != NULL && err[0] == '\0');
     check_conf(c);
+    {
+      char w[64];
+      int nw = px_conf_warnings(c, w, sizeof w);
+      CHECK(nw >= 0 && strlen(w) < sizeof w);
+      CHECK((nw == 0) == (w[0] == '\0'));
+      CHECK(px_conf_warnings(c, NULL, 0) == nw);
+    }
     copy = c;
     px_conf_ref(c);
     px_conf_unref(&copy);
