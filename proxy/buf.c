@@ -132,6 +132,19 @@ void px_blk_free_chain(struct px_blk *c)
   }
 }
 
+void px_buf_move(struct px_buf *dst, struct px_buf *src)
+{
+  if (src->head == NULL)
+    return;
+  if (dst->tail != NULL)
+    dst->tail->next = src->head;
+  else
+    dst->head = src->head;
+  dst->tail = src->tail;
+  dst->len += src->len;
+  px_buf_init(src);
+}
+
 void px_buf_clear(struct px_buf *b)
 {
   px_blk_free_chain(b->head);

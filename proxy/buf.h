@@ -44,6 +44,9 @@ struct px_blk *px_buf_take(struct px_buf *b, unsigned max);
 
 void px_blk_free_chain(struct px_blk *c);
 
+/* Moves every block of src to the tail of dst, in order. */
+void px_buf_move(struct px_buf *dst, struct px_buf *src);
+
 /* Frees every queued block. */
 void px_buf_clear(struct px_buf *b);
 

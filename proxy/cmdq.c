@@ -26,6 +26,7 @@ struct px_cmdq_ent *px_cmdq_push(struct px_cmdq *q, enum px_cq_kind kind,
   e->id = PX_CMD_COUNT;
   e->shape = PX_SHAPE_SINGLE;
   e->close_after = 0;
+  e->start_tls = 0;
   e->sent = 0;
   e->len = len;
   if (len > 0)

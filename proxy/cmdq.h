@@ -27,6 +27,7 @@ struct px_cmdq_ent {
   enum px_cmd_id id;   /* PX_CQ_RELAY: the command */
   enum px_shape shape; /* PX_CQ_RELAY: the response's shape */
   int close_after;     /* PX_CQ_LOCAL: close the session after the reply */
+  int start_tls; /* PX_CQ_LOCAL: TLS starts right after the reply */
   int sent;            /* RELAY: written upstream; GREETING: connected */
   size_t len;
   char line[]; /* len bytes, CRLF included; not NUL-terminated */

@@ -14,6 +14,74 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
   buf->len = c->slabsz;
 }
 
+/* Moves what OpenSSL wrote (records, alerts, tickets) to the wire queue.
+ * Called after every TLS call. */
+static int take_tls_out(struct px_conn *c)
+{
+  while (px_tls_pending_out(c->tls) > 0) {
+    size_t avail, n;
+    char *dst = px_buf_reserve(&c->enc, 1, &avail);
+    if (dst == NULL)
+      return UV_ENOMEM;
+    n = px_tls_take_out(c->tls, dst, avail);
+    px_buf_commit(&c->enc, n);
+  }
+  return 0;
+}
+
+/* Ciphertext arrived in the slab: feed it, advance the handshake, and hand
+ * every plaintext byte it decrypts to the owner. Everything decryptable is
+ * delivered now, even if the owner stops reading meanwhile: what one read
+ * brought is bounded by the slab, and nothing is left behind in OpenSSL
+ * that no later read event would come for. */
+static void tls_input(struct px_conn *c, size_t n)
+{
+  struct px_tls *t = c->tls;
+  int rc;
+
+  c->ops->hold(c);
+  rc = px_tls_feed(t, c->slab, n);
+  if (rc < 0) {
+    c->ops->read(c, NULL, rc);
+    goto out;
+  }
+  if (!px_tls_done(t)) {
+    rc = px_tls_handshake(t);
+    if (take_tls_out(c) < 0)
+      rc = UV_ENOMEM;
+    if (rc < 0) {
+      /* Let an alert go out before the owner closes the leg. */
+      px_conn_flush(c);
+      c->ops->read(c, NULL, rc);
+      goto out;
+    }
+    if (rc == 0) {
+      px_conn_flush(c);
+      goto out;
+    }
+    c->ops->tls_ready(c);
+    if (!c->open || c->tls != t)
+      goto out;
+  }
+  for (;;) {
+    ssize_t m = px_tls_read(t, c->slab, c->slabsz);
+    if (take_tls_out(c) < 0)
+      m = UV_ENOMEM;
+    if (m == 0)
+      break;
+    if (m < 0) {
+      c->ops->read(c, NULL, m);
+      goto out;
+    }
+    c->ops->read(c, c->slab, m);
+    if (!c->open)
+      goto out;
+  }
+  px_conn_flush(c); /* tickets, KeyUpdate answers */
+out:
+  c->ops->release(c);
+}
+
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
   struct px_conn *c = st->data;
@@ -23,7 +91,10 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     return; /* EAGAIN, not EOF */
   if (nread > 0) {
     c->bytes_in += (uint64_t)nread;
-    c->ops->read(c, c->slab, nread);
+    if (c->tls != NULL)
+      tls_input(c, (size_t)nread);
+    else
+      c->ops->read(c, c->slab, nread);
     return;
   }
   px_conn_read_stop(c);
@@ -35,6 +106,8 @@ static void close_cb(uv_handle_t *h)
   struct px_conn *c = h->data;
 
   px_buf_clear(&c->out);
+  px_buf_clear(&c->enc);
+  px_tls_free(&c->tls);
   c->ops->closed(c);
   c->ops->release(c);
 }
@@ -51,6 +124,8 @@ int px_conn_init(struct px_conn *c, uv_loop_t *loop,
   c->wchain = NULL;
   c->wbytes = 0;
   px_buf_init(&c->out);
+  px_buf_init(&c->enc);
+  c->tls = NULL;
   c->ops = ops;
   c->owner = owner;
   c->slab = slab;
@@ -111,15 +186,44 @@ static void write_cb(uv_write_t *req, int status)
   c->ops->release(c);
 }
 
+/* TLS: encrypts what is queued, a block at a time, draining OpenSSL's
+ * output after each so that it never holds more than a block. Needs no
+ * socket, so it may run while a write is in flight. */
+static int encrypt_queued(struct px_conn *c)
+{
+  struct px_blk *k;
+
+  while ((k = px_buf_take(&c->out, 1)) != NULL) {
+    ssize_t w = k->len > k->off
+                  ? px_tls_write(c->tls, k->data + k->off, k->len - k->off)
+                  : 0;
+    px_blk_free_chain(k);
+    if (w < 0)
+      return (int)w;
+    if (take_tls_out(c) < 0)
+      return UV_ENOMEM;
+  }
+  return 0;
+}
+
 int px_conn_flush(struct px_conn *c)
 {
   uv_buf_t bufs[PX_WRITE_MAX_BLKS];
+  struct px_buf *wq = &c->out;
   unsigned n = 0;
   int rc;
 
-  if (!c->open || c->writing || c->out.len == 0)
+  if (!c->open || c->writing)
     return 0;
-  c->wchain = px_buf_take(&c->out, PX_WRITE_MAX_BLKS);
+  if (c->tls != NULL) {
+    rc = encrypt_queued(c);
+    if (rc < 0)
+      return rc;
+    wq = &c->enc;
+  }
+  if (wq->len == 0)
+    return 0;
+  c->wchain = px_buf_take(wq, PX_WRITE_MAX_BLKS);
   c->wbytes = 0;
   for (struct px_blk *k = c->wchain; k != NULL; k = k->next) {
     assert(n < PX_WRITE_MAX_BLKS);
@@ -137,4 +241,31 @@ int px_conn_flush(struct px_conn *c)
   c->writing = 1;
   c->ops->hold(c);
   return 0;
+}
+
+int px_conn_start_tls(struct px_conn *c, struct px_tls *t)
+{
+  int rc;
+
+  assert(c->tls == NULL);
+  /* Plaintext queued so far ("+OK Begin TLS negotiation") goes out as it
+   * is, before any TLS record. */
+  px_buf_move(&c->enc, &c->out);
+  c->tls = t;
+  rc = px_tls_handshake(t); /* a client writes its ClientHello now */
+  if (take_tls_out(c) < 0)
+    return UV_ENOMEM;
+  if (rc < 0)
+    return rc;
+  return px_conn_flush(c);
+}
+
+void px_conn_tls_close(struct px_conn *c)
+{
+  if (c->tls == NULL || !c->open || !px_tls_done(c->tls))
+    return;
+  if (encrypt_queued(c) < 0)
+    return;
+  px_tls_shutdown(c->tls);
+  take_tls_out(c);
 }

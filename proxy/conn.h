@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "tls.h"
 
 /* Output watermarks. Above PX_HIGH_WATER queued toward a peer, the leg
  * that produces for it stops reading; below PX_LOW_WATER it resumes.
@@ -34,6 +35,8 @@ struct px_conn_ops {
   void (*written)(struct px_conn *c, int status);
   /* The handle is closed; called before the matching release. */
   void (*closed)(struct px_conn *c);
+  /* The TLS handshake on this leg completed (px_conn_start_tls). */
+  void (*tls_ready)(struct px_conn *c);
   void (*hold)(struct px_conn *c);
   void (*release)(struct px_conn *c);
 };
@@ -43,7 +46,9 @@ struct px_conn {
   uv_write_t wreq;
   struct px_blk *wchain; /* blocks owned by the write in flight */
   size_t wbytes;         /* their bytes */
-  struct px_buf out;     /* queued, not yet given to libuv */
+  struct px_buf out;     /* queued, not yet given to libuv (plaintext) */
+  struct px_tls *tls;    /* NULL: plaintext */
+  struct px_buf enc;     /* TLS: bytes for the wire, not yet given to libuv */
   const struct px_conn_ops *ops;
   void *owner;
   char *slab; /* the worker's shared read buffer */
@@ -75,10 +80,21 @@ int px_conn_write(struct px_conn *c, const void *p, size_t n);
  * UV_E* code from uv_write. */
 int px_conn_flush(struct px_conn *c);
 
-/* Bytes queued toward the peer and not yet acknowledged by libuv. */
+/* Puts TLS on the leg: what is queued already goes out as it is, every
+ * byte after it through t (which c owns from now on, freed at close). A
+ * client-side t starts its handshake at once. Returns 0, or a negative code
+ * after which the caller closes the leg. Bytes the peer sent before this
+ * call are not fed to t: the caller made sure there were none. */
+int px_conn_start_tls(struct px_conn *c, struct px_tls *t);
+
+/* Queues TLS close_notify, if the leg has TLS, for the next flush. */
+void px_conn_tls_close(struct px_conn *c);
+
+/* Bytes queued toward the peer and not yet acknowledged by libuv. The TLS
+ * write BIO is drained after every call, so it holds nothing here. */
 static inline size_t px_conn_pending(const struct px_conn *c)
 {
-  return c->out.len + c->wbytes;
+  return c->out.len + c->enc.len + c->wbytes;
 }
 
 #endif

@@ -48,6 +48,8 @@ const char *px_strerror(int err)
     return "no upstream server reachable";
   case PX_ELIMIT:
     return "limit reached";
+  case PX_ETLS:
+    return "TLS failure";
   default:
     return uv_strerror(err);
   }

@@ -41,6 +41,17 @@ struct px_main {
   unsigned started; /* workers running */
 };
 
+void px_runtime_gen(struct px_runtime *rt, struct px_conf **c,
+                    struct px_tls_ctxs **tls)
+{
+  pthread_mutex_lock(&rt->mu);
+  *c = rt->conf;
+  px_conf_ref(*c);
+  *tls = rt->tls;
+  px_tls_ctxs_ref(*tls);
+  pthread_mutex_unlock(&rt->mu);
+}
+
 struct px_conf *px_runtime_conf(struct px_runtime *rt)
 {
   struct px_conf *c;
@@ -151,20 +162,46 @@ static void close_main_handles(struct px_main *m)
   px_metrics_stop(&m->metrics);
 }
 
+/* Logs each warning line of c (passwords in the clear, unchecked upstream
+ * certificates), or prints them to stderr for -t. */
+static void warn_config(const struct px_conf *c, int to_stderr)
+{
+  char buf[PX_ERRBUF];
+  char *line, *save = NULL;
+
+  if (px_conf_warnings(c, buf, sizeof buf) == 0)
+    return;
+  if (to_stderr) {
+    fputs(buf, stderr);
+    return;
+  }
+  for (line = strtok_r(buf, "\n", &save); line != NULL;
+       line = strtok_r(NULL, "\n", &save))
+    px_log(PX_LOG_WARN, "ev=config_warning msg=\"%s\"", line);
+}
+
+/* The first line of a multi-line error text, for a log line. */
+static char *first_line(char *err)
+{
+  char *nl = strchr(err, '\n');
+  if (nl != NULL)
+    *nl = '\0';
+  return err;
+}
+
 static void reload(struct px_main *m)
 {
   char err[PX_ERRBUF];
   struct px_conf *nc = NULL, *old;
+  struct px_tls_ctxs *ntls = NULL, *oldtls;
   const char *why;
   int rc;
 
   rc = px_conf_load(m->rt.conf->path, &nc, err, sizeof err);
   if (rc < 0) {
     /* The first error line is enough for the log; -t shows them all. */
-    char *nl = strchr(err, '\n');
-    if (nl != NULL)
-      *nl = '\0';
-    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s\" action=kept_old", err);
+    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s\" action=kept_old",
+           first_line(err));
     return;
   }
   why = reload_blocker(m->rt.conf, nc);
@@ -176,18 +213,32 @@ static void reload(struct px_main *m)
     px_conf_unref(&nc);
     return;
   }
+  /* Certificates and keys are read again: a renewed certificate is picked
+   * up by a reload. */
+  rc = px_tls_ctxs_new(nc, &ntls, err, sizeof err);
+  if (rc < 0) {
+    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s\" action=kept_old",
+           first_line(err));
+    px_conf_unref(&nc);
+    return;
+  }
   rc = px_log_open(nc);
   if (rc < 0) {
     px_log(PX_LOG_ERROR, "ev=reload_failed err=\"log: %s\" action=kept_old",
            strerror(-rc));
     px_conf_unref(&nc);
+    px_tls_ctxs_unref(&ntls);
     return;
   }
+  warn_config(nc, 0);
   pthread_mutex_lock(&m->rt.mu);
   old = m->rt.conf;
+  oldtls = m->rt.tls;
   m->rt.conf = nc;
+  m->rt.tls = ntls;
   pthread_mutex_unlock(&m->rt.mu);
   px_conf_unref(&old); /* sessions still on it keep their refs */
+  px_tls_ctxs_unref(&oldtls);
   px_log(PX_LOG_INFO, "ev=reload status=ok");
 }
 
@@ -284,6 +335,7 @@ static void free_runtime(struct px_runtime *rt)
       free(rt->workers[k].lsn);
   free(rt->lrt);
   free(rt->workers);
+  px_tls_ctxs_unref(&rt->tls);
   px_conf_unref(&rt->conf);
 }
 
@@ -324,12 +376,20 @@ int main(int argc, char **argv)
   }
 
   rc = px_conf_load(path, &m.rt.conf, err, sizeof err);
+  if (rc == 0) {
+    /* Certificates, keys and CA files are checked here, -t included. */
+    rc = px_tls_ctxs_new(m.rt.conf, &m.rt.tls, err, sizeof err);
+    if (rc < 0)
+      px_conf_unref(&m.rt.conf);
+  }
   if (rc < 0) {
     fputs(err, stderr);
     return 1;
   }
   if (check) {
+    warn_config(m.rt.conf, 1);
     fprintf(stderr, "popgate: %s: configuration is valid\n", path);
+    px_tls_ctxs_unref(&m.rt.tls);
     px_conf_unref(&m.rt.conf);
     return 0;
   }
@@ -339,9 +399,11 @@ int main(int argc, char **argv)
   if (rc < 0) {
     fprintf(stderr, "popgate: cannot open log %s: %s\n", m.rt.conf->log_path,
             strerror(-rc));
+    px_tls_ctxs_unref(&m.rt.tls);
     px_conf_unref(&m.rt.conf);
     return 1;
   }
+  warn_config(m.rt.conf, 0);
   raise_nofile();
 
   rc = setup_runtime(&m);

@@ -108,6 +108,9 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
     sum.bytes_upstream_in += PX_CTR_GET(c->bytes_upstream_in);
     sum.bytes_upstream_out += PX_CTR_GET(c->bytes_upstream_out);
     sum.upstream_errors_total += PX_CTR_GET(c->upstream_errors_total);
+    sum.tls_handshakes_total += PX_CTR_GET(c->tls_handshakes_total);
+    sum.tls_handshake_failures_total +=
+      PX_CTR_GET(c->tls_handshake_failures_total);
   }
 
   counter(&o, "connections_total", "Client connections accepted.", "counter");
@@ -141,6 +144,14 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
           "counter");
   put(&o, "popgate_upstream_errors_total %" PRIu64 "\n",
       sum.upstream_errors_total);
+  counter(&o, "tls_handshakes_total", "Client TLS handshakes completed.",
+          "counter");
+  put(&o, "popgate_tls_handshakes_total %" PRIu64 "\n",
+      sum.tls_handshakes_total);
+  counter(&o, "tls_handshake_failures_total",
+          "Client TLS handshakes that failed or timed out.", "counter");
+  put(&o, "popgate_tls_handshake_failures_total %" PRIu64 "\n",
+      sum.tls_handshake_failures_total);
   counter(&o, "workers", "Event-loop threads.", "gauge");
   put(&o, "popgate_workers %u\n", rt->nworkers);
   return o.n;

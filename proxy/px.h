@@ -17,6 +17,7 @@
 #define PX_ETIMEDOUT (-5006) /* a session deadline passed */
 #define PX_EUPSTREAM (-5007) /* no upstream server could be reached */
 #define PX_ELIMIT    (-5008) /* max_clients, max_clients_per_ip or max_errors */
+#define PX_ETLS      (-5009) /* the TLS layer failed (tls.c says why) */
 
 const char *px_strerror(int err);
 

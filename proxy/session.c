@@ -65,7 +65,8 @@ struct px_session {
   struct px_lrt *lrt;
   const struct px_conf_listener *cl;
   const struct px_conf_upstream *cu;
-  struct px_conf *conf; /* the generation this session runs on */
+  struct px_conf *conf;    /* the generation this session runs on */
+  struct px_tls_ctxs *tls; /* and its TLS contexts */
   uint64_t id;
   int refs;
   enum px_state st;
@@ -85,6 +86,8 @@ struct px_session {
   unsigned quit : 1;       /* QUIT queued: parse nothing after it */
   unsigned utf8 : 1;       /* RFC 6856 UTF8 accepted */
   unsigned up_paused : 1;  /* upstream reads stopped: client behind */
+  unsigned stls : 1;       /* the client's STLS is queued or under way */
+  unsigned up_stls : 2;    /* upstream STLS: 1 sent, 2 answered +OK */
 
   struct px_conn cli, up;
   uv_timer_t timer;
@@ -102,6 +105,10 @@ struct px_session {
   unsigned inflight; /* answers the upstream owes us */
 
   uint64_t t_start, t_cli, t_up, t_conn;
+  uint64_t t_hs, t_uphs; /* TLS handshakes began, client and upstream */
+  const char *up_host;   /* the server being tried (conf memory) */
+  char *greeting;        /* upstream STLS: the greeting, held until TLS */
+  size_t greetinglen;
   struct sockaddr_storage peer;
   char peer_str[64];
   char up_str[64];
@@ -114,6 +121,7 @@ struct px_session {
 static void dispatch(struct px_session *s);
 static void parse_client(struct px_session *s);
 static void up_connect_next(struct px_session *s);
+static int up_start_tls(struct px_session *s);
 static void arm_timer(struct px_session *s);
 static void session_close(struct px_session *s, const char *reason);
 
@@ -124,8 +132,20 @@ static void session_free(struct px_session *s)
   struct px_conf *c = s->conf;
 
   assert(s->refs == 0);
+  px_tls_ctxs_unref(&s->tls);
   px_conf_unref(&c);
   free(s);
+}
+
+static int cli_secure(const struct px_session *s)
+{
+  return s->cli.tls != NULL && px_tls_done(s->cli.tls);
+}
+
+/* The listener's own TLS contexts in this session's generation. */
+static const struct px_tls_listener *listener_tls(const struct px_session *s)
+{
+  return &s->tls->listeners[s->lrt->idx];
 }
 
 static void session_ref(struct px_session *s)
@@ -246,6 +266,7 @@ static void finish(struct px_session *s, const char *reason)
   s->reason = reason;
   enter_state(s, PX_ST_CLOSING);
   px_conn_close(&s->up);
+  px_conn_tls_close(&s->cli);
   px_conn_read_stop(&s->cli);
   flush(s);
   if (!s->closing && px_conn_pending(&s->cli) == 0)
@@ -269,7 +290,8 @@ static void upstream_failed(struct px_session *s, const char *reason,
   finish(s, reason);
 }
 
-static void push_local(struct px_session *s, const char *reply, int close)
+static struct px_cmdq_ent *push_local(struct px_session *s,
+                                      const char *reply, int close)
 {
   /* Queued like a relayed command, so that answers stay in order. The
    * parser checked that the queue has room. */
@@ -277,9 +299,10 @@ static void push_local(struct px_session *s, const char *reply, int close)
       px_cmdq_push(&s->q, PX_CQ_LOCAL, reply, strlen(reply));
   if (e == NULL) {
     session_close(s, "out_of_memory");
-    return;
+    return NULL;
   }
   e->close_after = close;
+  return e;
 }
 
 /* ---- the client side ---------------------------------------------------- */
@@ -338,9 +361,40 @@ static void take_command(struct px_session *s, const char *line, size_t len)
   s->ncmds++;
   PX_CTR_ADD(s->w->ctr.commands_total[c.id], 1);
 
+  if (s->cl->require_tls && !cli_secure(s) &&
+      (c.id == PX_CMD_USER || c.id == PX_CMD_PASS || c.id == PX_CMD_APOP ||
+       c.id == PX_CMD_AUTH)) {
+    /* RFC 2595 2.3: no credentials in the clear where the operator says
+     * so. Refused here, never forwarded; counted, so probing ends. */
+    s->errors++;
+    PX_CTR_ADD(s->w->ctr.commands_rejected, 1);
+    push_local(s, s->errors >= s->cl->max_errors
+                    ? "-ERR Too many invalid commands, closing\r\n"
+                    : "-ERR Plaintext authentication disallowed, use STLS "
+                      "first\r\n",
+               s->errors >= s->cl->max_errors);
+    if (s->errors >= s->cl->max_errors)
+      s->quit = 1;
+    return;
+  }
+
   switch (c.id) {
   case PX_CMD_STLS:
-    push_local(s, "-ERR STLS is not offered on this listener\r\n", 0);
+    if (s->cl->tls != PX_TLS_STARTTLS) {
+      push_local(s, "-ERR STLS is not offered on this listener\r\n", 0);
+    } else if (s->cli.tls != NULL) {
+      push_local(s, "-ERR Already in TLS\r\n", 0);
+    } else if (s->auth_ok) {
+      push_local(s, "-ERR STLS is only allowed before login\r\n", 0);
+    } else {
+      /* The reply is sent in order; TLS starts right after it. Nothing
+       * more is parsed: a byte after "STLS\r\n" ends the session. */
+      struct px_cmdq_ent *ok =
+          push_local(s, "+OK Begin TLS negotiation\r\n", 0);
+      if (ok != NULL)
+        ok->start_tls = 1;
+      s->stls = 1;
+    }
     return;
   case PX_CMD_USER:
   case PX_CMD_APOP:
@@ -424,7 +478,7 @@ static size_t parse_lines(struct px_session *s, const char *buf, size_t buflen)
       off += len + 2;
       continue;
     }
-    if (s->quit || s->sasl || px_cmdq_full(&s->q))
+    if (s->quit || s->sasl || s->stls || px_cmdq_full(&s->q))
       break;
     rc = px_pop3_line(p, n, PX_CMD_MAX, &len);
     if (rc == 0)
@@ -438,6 +492,14 @@ static size_t parse_lines(struct px_session *s, const char *buf, size_t buflen)
     }
     take_command(s, p, len);
     off += len + 2;
+    if (s->stls && off < buflen) {
+      /* STARTTLS command injection (CVE-2011-0411 class): bytes sent in
+       * the clear behind STLS must never be read as if inside TLS. */
+      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=stls_injection client=%s "
+             "bytes=%zu", s->id, s->peer_str, buflen - off);
+      session_close(s, "stls_injection");
+      return buflen;
+    }
   }
   return off;
 }
@@ -475,6 +537,14 @@ static void client_read(struct px_conn *c, const char *p, ssize_t n)
 
   if (s->closing)
     return;
+  if (n == PX_ETLS) {
+    PX_CTR_ADD(s->w->ctr.tls_handshake_failures_total,
+               px_tls_done(c->tls) ? 0 : 1);
+    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=tls_failed client=%s err=\"%s\"",
+           s->id, s->peer_str, px_tls_error(c->tls));
+    session_close(s, "tls_failed");
+    return;
+  }
   if (n < 0) {
     session_close(s, n == UV_EOF ? "client_eof" : "client_error");
     return;
@@ -544,11 +614,65 @@ static void client_closed(struct px_conn *c)
   (void)c;
 }
 
-static const struct px_conn_ops client_ops = { client_read, client_written,
-                                               client_closed, conn_hold,
-                                               conn_release };
+static void up_connect_next(struct px_session *s);
+
+/* The client's handshake is done: after STLS the dialogue goes on inside
+ * TLS; on an implicit listener the upstream is only now connected, so no
+ * upstream connection is spent on scanners and failed handshakes. */
+static void client_tls_ready(struct px_conn *c)
+{
+  struct px_session *s = conn_session(c);
+
+  PX_CTR_ADD(s->w->ctr.tls_handshakes_total, 1);
+  if (px_log_enabled(PX_LOG_DEBUG))
+    px_log(PX_LOG_DEBUG, "sid=%016" PRIx64 " ev=tls_ready side=client "
+           "tls=%s cipher=%s sni=%s", s->id, px_tls_version(c->tls),
+           px_tls_cipher(c->tls), px_tls_sni(c->tls));
+  if (s->stls) {
+    s->stls = 0;
+    update_reading(s);
+  } else if (s->cl->tls == PX_TLS_IMPLICIT) {
+    up_connect_next(s);
+  }
+  arm_timer(s);
+}
+
+static const struct px_conn_ops client_ops = {
+  client_read, client_written, client_closed, client_tls_ready, conn_hold,
+  conn_release
+};
 
 /* ---- the upstream side -------------------------------------------------- */
+
+/* Starts TLS on the client leg, right after "+OK Begin TLS negotiation" (or
+ * at accept on an implicit listener). Returns 0, or a negative code after
+ * closing the session. */
+static int cli_start_tls(struct px_session *s)
+{
+  struct px_tls *t;
+  int rc;
+
+  if (s->cinlen > 0) {
+    /* Sent after STLS, before the +OK: as injected as the rest. */
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=stls_injection client=%s "
+           "bytes=%zu", s->id, s->peer_str, s->cinlen);
+    session_close(s, "stls_injection");
+    return PX_EPROTO;
+  }
+  t = px_tls_new_server(listener_tls(s));
+  if (t == NULL) {
+    session_close(s, "out_of_memory");
+    return UV_ENOMEM;
+  }
+  rc = px_conn_start_tls(&s->cli, t);
+  if (rc < 0) {
+    session_close(s, "tls_failed");
+    return rc;
+  }
+  s->t_hs = now_ms(s);
+  arm_timer(s);
+  return 0;
+}
 
 /* Moves the queue on: local replies at the head go to the client, the
  * framer is pointed at the head's answer once its command has gone
@@ -561,13 +685,15 @@ static void dispatch(struct px_session *s)
 
   while (!s->closing && !s->draining && (e = px_cmdq_head(&s->q)) != NULL &&
          e->kind == PX_CQ_LOCAL) {
-    int close_after = e->close_after;
+    int close_after = e->close_after, start_tls = e->start_tls;
     to_client(s, e->line, e->len);
     px_cmdq_pop(&s->q);
     if (close_after) {
       finish(s, "client_errors");
       return;
     }
+    if (start_tls && cli_start_tls(s) < 0)
+      return;
   }
   if (s->closing || s->draining || e == NULL)
     return;
@@ -617,9 +743,9 @@ static void complete_head(struct px_session *s)
 }
 
 /* CAPA is rebuilt from the upstream's list: only what the proxy can frame
- * and relay faithfully is offered. STLS is the listener's business, not
- * the upstream's; XCLIENT would let clients choose their logged address;
- * IMPLEMENTATION names the server behind. */
+ * and relay faithfully is offered. The upstream's STLS is dropped (STLS is
+ * the listener's to offer, added at the end); XCLIENT would let clients
+ * choose their logged address; IMPLEMENTATION names the server behind. */
 static void capa_line(struct px_session *s, const char *p, size_t n)
 {
   static const char *const keep[] = { "TOP",         "UIDL",
@@ -629,9 +755,15 @@ static void capa_line(struct px_session *s, const char *p, size_t n)
                                       "UTF8",        "LANG" };
   size_t len = n - 2, kw, o;
   char *out = s->w->scratch; /* free: line mode leaves it unused */
+  /* Before TLS on a listener that requires it, no way of sending a
+   * password is advertised (RFC 2595 2.3; what Dovecot does too). */
+  int hide_auth = s->cl->require_tls && !cli_secure(s);
 
   for (kw = 0; kw < len && p[kw] != ' '; kw++)
     ;
+  if (hide_auth && ((kw == 4 && strncasecmp(p, "USER", 4) == 0) ||
+                    (kw == 4 && strncasecmp(p, "SASL", 4) == 0)))
+    return;
   for (size_t i = 0; i < PX_ARRAY_LEN(keep); i++)
     if (strlen(keep[i]) == kw && strncasecmp(p, keep[i], kw) == 0) {
       if (kw == 10 && strncasecmp(p, "PIPELINING", 10) == 0)
@@ -687,6 +819,46 @@ static void on_status(struct px_session *s, const struct px_fr_out *o)
   struct px_cmdq_ent *e = px_cmdq_head(&s->q);
   enum px_cmd_id id = e->id;
 
+  if (e->kind == PX_CQ_GREETING && s->cu->tls == PX_TLS_STARTTLS) {
+    /* STLS goes right after the greeting whatever CAPA says: there is no
+     * opportunistic mode. The greeting waits until TLS is up, so that a
+     * failure can still be a clean -ERR to the client. */
+    if (s->up_stls == 0) {
+      if (!o->ok) {
+        upstream_failed(s, "upstream_refused",
+                        "-ERR [SYS/TEMP] Upstream refused the connection\r\n");
+        return;
+      }
+      s->greeting = malloc(o->n);
+      if (s->greeting == NULL) {
+        session_close(s, "out_of_memory");
+        return;
+      }
+      memcpy(s->greeting, o->p, o->n);
+      s->greetinglen = o->n;
+      if (px_conn_write(&s->up, "STLS\r\n", 6) < 0) {
+        session_close(s, "out_of_memory");
+        return;
+      }
+      px_framer_reset(&s->fr);
+      px_framer_start(&s->fr, PX_SHAPE_SINGLE, 0, s->cu->max_response_line);
+      s->up_stls = 1;
+      s->t_up = now_ms(s);
+      return;
+    }
+    if (!o->ok) {
+      char txt[PX_PEER_TEXT_MAX * 4 + 4];
+      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
+             "upstream=%s err=\"STLS refused\" answer=%s", s->id, s->up_str,
+             px_log_sanitize(o->p, o->n, PX_PEER_TEXT_MAX, txt, sizeof txt));
+      upstream_failed(s, "upstream_tls_failed",
+                      "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+      return;
+    }
+    s->up_stls = 2; /* the caller checks what follows, then starts TLS */
+    return;
+  }
+
   to_client_line(s, o->p, o->n);
 
   if (e->kind == PX_CQ_GREETING) {
@@ -732,9 +904,16 @@ static void on_status(struct px_session *s, const struct px_fr_out *o)
       return;
     }
   }
+  /* A failed login counts as an error too: without it a client could try
+   * passwords on one connection for ever (Dovecot answers every one). */
+  if (!o->ok && (id == PX_CMD_PASS || id == PX_CMD_APOP ||
+                 (id == PX_CMD_AUTH && e->shape == PX_SHAPE_SASL)))
+    s->errors++;
   complete_head(s);
   if (id == PX_CMD_QUIT)
     finish(s, "quit");
+  else if (s->errors >= s->cl->max_errors)
+    finish(s, "client_errors");
 }
 
 static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
@@ -744,6 +923,13 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
 
   if (s->closing || s->draining)
     return;
+  if (n == PX_ETLS) {
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
+           "upstream=%s err=\"%s\"", s->id, s->up_str, px_tls_error(c->tls));
+    upstream_failed(s, "upstream_tls_failed",
+                    "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+    return;
+  }
   if (n < 0) {
     px_log(PX_LOG_INFO,
            "sid=%016" PRIx64 " ev=upstream_closed upstream=%s "
@@ -821,9 +1007,28 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
                         "-ERR [SYS/TEMP] Upstream protocol error\r\n");
       }
       break;
-    case PX_FR_STATUS:
+    case PX_FR_STATUS: {
+      unsigned stls_before = s->up_stls;
       on_status(s, &o);
+      if (s->closing || s->draining || s->up_stls == stls_before)
+        break;
+      if (left > 0) {
+        /* Upstream STLS: nothing may follow the greeting before our STLS,
+         * nor the +OK to it before the handshake. Bytes behind that +OK
+         * came in the clear (response injection, CVE-2020-14954 class). */
+        px_log(PX_LOG_WARN,
+               "sid=%016" PRIx64 " ev=upstream_tls_failed "
+               "upstream=%s err=\"%zu unexpected bytes around STLS\"",
+               s->id, s->up_str, left);
+        upstream_failed(s, "upstream_tls_failed",
+                        "-ERR [SYS/TEMP] Upstream TLS failed, try again "
+                        "later\r\n");
+        break;
+      }
+      if (s->up_stls == 2)
+        up_start_tls(s);
       break;
+    }
     case PX_FR_CONT:
       to_client_line(s, o.p, o.n);
       s->head_mid = 1;
@@ -838,6 +1043,11 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
       break;
     case PX_FR_END:
       if (e->id == PX_CMD_CAPA) {
+        /* STLS is this listener's to offer, in the clear and before
+         * login only (RFC 2595 4). */
+        if (s->cl->tls == PX_TLS_STARTTLS && s->cli.tls == NULL &&
+            !s->auth_ok)
+          to_client_str(s, "STLS\r\n");
         to_client_str(s, ".\r\n");
       } else {
         char end[PX_DOT_END_MAX];
@@ -899,9 +1109,66 @@ static void upstream_closed(struct px_conn *c)
   }
 }
 
+/* The upstream's handshake is done and its certificate checked (the
+ * handshake fails otherwise). After STLS the greeting held meanwhile goes
+ * to the client now; no command has gone upstream before this point. */
+static void upstream_tls_ready(struct px_conn *c)
+{
+  struct px_session *s = conn_session(c);
+
+  if (px_log_enabled(PX_LOG_DEBUG))
+    px_log(PX_LOG_DEBUG, "sid=%016" PRIx64 " ev=tls_ready side=upstream "
+           "upstream=%s tls=%s cipher=%s", s->id, s->up_str,
+           px_tls_version(c->tls), px_tls_cipher(c->tls));
+  if (s->up_stls != 2)
+    return;
+  s->up_stls = 0;
+  to_client_line(s, s->greeting, s->greetinglen);
+  free(s->greeting);
+  s->greeting = NULL;
+  px_framer_reset(&s->fr);
+  s->fr_on = 0;
+  s->inflight--;
+  px_cmdq_pop(&s->q); /* the greeting */
+  s->up_ready = 1;
+  enter_state(s, PX_ST_AUTHORIZATION);
+  dispatch(s);
+  flush(s);
+  update_reading(s);
+  arm_timer(s);
+}
+
 static const struct px_conn_ops upstream_ops = {
-  upstream_read, upstream_written, upstream_closed, conn_hold, conn_release
+  upstream_read, upstream_written, upstream_closed, upstream_tls_ready,
+  conn_hold,     conn_release
 };
+
+/* TLS toward the upstream: right after connect (implicit), or after its
+ * +OK to STLS. Returns 0, or a negative code after failing the session. */
+static int up_start_tls(struct px_session *s)
+{
+  const char *name = s->cu->server_name ? s->cu->server_name : s->up_host;
+  struct px_tls *t =
+      px_tls_new_client(s->tls->upstreams[s->cu - s->conf->upstreams], name,
+                        s->cu->verify);
+  int rc;
+
+  if (t == NULL) {
+    session_close(s, "out_of_memory");
+    return UV_ENOMEM;
+  }
+  s->t_uphs = now_ms(s);
+  rc = px_conn_start_tls(&s->up, t);
+  if (rc < 0) {
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
+           "upstream=%s err=\"%s\"", s->id, s->up_str, px_tls_error(t));
+    upstream_failed(s, "upstream_tls_failed",
+                    "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+    return rc;
+  }
+  arm_timer(s);
+  return 0;
+}
 
 /* ---- connecting to the upstream ---------------------------------------- */
 
@@ -944,7 +1211,7 @@ static void connect_cb(uv_connect_t *req, int status)
   if (px_conn_read_start(&s->up) < 0)
     upstream_failed(s, "upstream_error",
                     "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
-  else
+  else if (s->cu->tls != PX_TLS_IMPLICIT || up_start_tls(s) == 0)
     arm_timer(s);
   session_unref(&s);
 }
@@ -1047,6 +1314,7 @@ static void up_connect_next(struct px_session *s)
     return;
   }
   hp = &s->cu->servers[s->server_idx++];
+  s->up_host = hp->host;
   if (uv_ip4_addr(hp->host, atoi(hp->port), (struct sockaddr_in *)&ss) == 0 ||
       uv_ip6_addr(hp->host, atoi(hp->port), (struct sockaddr_in6 *)&ss) == 0) {
     up_connect_addr(s, (const struct sockaddr *)&ss);
@@ -1076,6 +1344,8 @@ enum px_deadline {
   PX_DL_LOGIN,
   PX_DL_IDLE,
   PX_DL_UPSTREAM,
+  PX_DL_HANDSHAKE,
+  PX_DL_UP_HANDSHAKE,
   PX_DL_COUNT
 };
 
@@ -1102,6 +1372,18 @@ static uint64_t next_deadline(const struct px_session *s,
       s->t_up + s->cu->timeout_ms < dl) {
     dl = s->t_up + s->cu->timeout_ms;
     *which = PX_DL_UPSTREAM;
+  }
+  /* A TLS handshake has its own, short deadline on either side (the
+   * upstream's is connect_timeout: connecting includes TLS). */
+  if (s->cli.tls != NULL && !px_tls_done(s->cli.tls) &&
+      s->t_hs + s->cl->handshake_timeout_ms < dl) {
+    dl = s->t_hs + s->cl->handshake_timeout_ms;
+    *which = PX_DL_HANDSHAKE;
+  }
+  if (s->up.tls != NULL && !px_tls_done(s->up.tls) &&
+      s->t_uphs + s->cu->connect_timeout_ms < dl) {
+    dl = s->t_uphs + s->cu->connect_timeout_ms;
+    *which = PX_DL_UP_HANDSHAKE;
   }
   return dl;
 }
@@ -1134,6 +1416,18 @@ static void timer_cb(uv_timer_t *t)
     s->t_conn = now;
     arm_timer(s);
     return;
+  case PX_DL_HANDSHAKE:
+    PX_CTR_ADD(s->w->ctr.tls_handshake_failures_total, 1);
+    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=tls_failed client=%s "
+           "err=\"handshake timed out\"", s->id, s->peer_str);
+    session_close(s, "handshake_timeout");
+    return;
+  case PX_DL_UP_HANDSHAKE:
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
+           "upstream=%s err=\"handshake timed out\"", s->id, s->up_str);
+    upstream_failed(s, "upstream_tls_failed",
+                    "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+    break;
   case PX_DL_UPSTREAM:
     px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_timeout upstream=%s",
            s->id, s->up_str);
@@ -1186,11 +1480,14 @@ static void session_close(struct px_session *s, const char *reason)
   secs = (double)(now_ms(s) - s->t_start) / 1000.0;
   px_log(PX_LOG_INFO,
          "sid=%016" PRIx64 " ev=close listener=%s client=%s user=%s "
-         "auth=%s upstream=%s tls=- cmds=%u msgs=%u bytes_in=%" PRIu64
+         "auth=%s upstream=%s tls=%s cipher=%s sni=%s cmds=%u msgs=%u bytes_in=%" PRIu64
          " bytes_out=%" PRIu64 " duration=%.3f reason=%s",
          s->id, s->cl->name, s->peer_str, s->user[0] ? s->user : "-",
-         s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-", s->ncmds,
-         s->nmsgs, s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
+         s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-",
+         s->cli.tls ? px_tls_version(s->cli.tls) : "-",
+         s->cli.tls ? px_tls_cipher(s->cli.tls) : "-",
+         s->cli.tls ? px_tls_sni(s->cli.tls) : "-", s->ncmds, s->nmsgs,
+         s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
 
   PX_CTR_ADD(w->ctr.connections_active, -1);
   if (s->counted)
@@ -1203,6 +1500,8 @@ static void session_close(struct px_session *s, const char *reason)
   px_cmdq_clear(&s->q);
   px_framer_reset(&s->fr);
   drop_cin(s);
+  free(s->greeting);
+  s->greeting = NULL;
   if (s->ai != NULL) {
     uv_freeaddrinfo(s->ai);
     s->ai = NULL;
@@ -1236,7 +1535,7 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
   s->refs = 1; /* alive */
   s->w = w;
   s->lrt = l;
-  s->conf = px_runtime_conf(w->rt);
+  px_runtime_gen(w->rt, &s->conf, &s->tls);
   s->cl = &s->conf->listeners[l->idx];
   s->cu = s->cl->upstream;
   s->id = ((uint64_t)w->idx << 48) | ++w->next_sid;
@@ -1279,8 +1578,11 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
            "sid=%016" PRIx64 " ev=refused listener=%s "
            "client=%s reason=max_clients",
            s->id, s->cl->name, s->peer_str);
-    to_client_str(s,
-                  "-ERR [SYS/TEMP] Too many connections, try again later\r\n");
+    /* On an implicit-TLS port a plaintext line would be noise to the
+     * client's TLS stack: just close there. */
+    if (s->cl->tls != PX_TLS_IMPLICIT)
+      to_client_str(
+          s, "-ERR [SYS/TEMP] Too many connections, try again later\r\n");
     finish(s, "max_clients");
     return 0;
   }
@@ -1292,8 +1594,14 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
     session_close(s, "out_of_memory");
     return 0;
   }
+  if (s->cl->tls == PX_TLS_IMPLICIT) {
+    /* The upstream is connected once the handshake is done. */
+    if (cli_start_tls(s) < 0)
+      return 0;
+  } else {
+    up_connect_next(s);
+  }
   update_reading(s);
-  up_connect_next(s);
   arm_timer(s);
   return 0;
 }

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "conf.h"
+#include "tls.h"
 #include "pop3.h"
 
 /* The size of one read; the worker's slab and scratch buffers. */
@@ -40,6 +41,8 @@ struct px_counters {
   uint64_t bytes_client_in, bytes_client_out;
   uint64_t bytes_upstream_in, bytes_upstream_out;
   uint64_t upstream_errors_total;
+  uint64_t tls_handshakes_total;
+  uint64_t tls_handshake_failures_total;
 };
 
 /* A listener's state shared by all workers. Reloads keep listeners as
@@ -55,8 +58,9 @@ struct px_lrt {
 };
 
 struct px_runtime {
-  pthread_mutex_t mu;   /* guards conf (the pointer) */
-  struct px_conf *conf; /* the current generation */
+  pthread_mutex_t mu;      /* guards conf and tls (the pointers) */
+  struct px_conf *conf;    /* the current generation... */
+  struct px_tls_ctxs *tls; /* ...and its TLS contexts */
   struct px_lrt *lrt;   /* conf->nlisteners of them */
   struct px_worker *workers;
   unsigned nworkers;
@@ -103,6 +107,9 @@ void px_iptab_free(struct px_iptab **tp);
 
 /* The current configuration, with a reference the caller drops. */
 struct px_conf *px_runtime_conf(struct px_runtime *rt);
+/* The same with its TLS contexts, both referenced. */
+void px_runtime_gen(struct px_runtime *rt, struct px_conf **c,
+                    struct px_tls_ctxs **tls);
 
 /* worker.c */
 int px_worker_start(struct px_worker *w);
