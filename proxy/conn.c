@@ -195,8 +195,8 @@ static int encrypt_queued(struct px_conn *c)
 
   while ((k = px_buf_take(&c->out, 1)) != NULL) {
     ssize_t w = k->len > k->off
-                  ? px_tls_write(c->tls, k->data + k->off, k->len - k->off)
-                  : 0;
+                    ? px_tls_write(c->tls, k->data + k->off, k->len - k->off)
+                    : 0;
     px_blk_free_chain(k);
     if (w < 0)
       return (int)w;

@@ -110,7 +110,7 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
     sum.upstream_errors_total += PX_CTR_GET(c->upstream_errors_total);
     sum.tls_handshakes_total += PX_CTR_GET(c->tls_handshakes_total);
     sum.tls_handshake_failures_total +=
-      PX_CTR_GET(c->tls_handshake_failures_total);
+        PX_CTR_GET(c->tls_handshake_failures_total);
   }
 
   counter(&o, "connections_total", "Client connections accepted.", "counter");

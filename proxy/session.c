@@ -290,8 +290,8 @@ static void upstream_failed(struct px_session *s, const char *reason,
   finish(s, reason);
 }
 
-static struct px_cmdq_ent *push_local(struct px_session *s,
-                                      const char *reply, int close)
+static struct px_cmdq_ent *push_local(struct px_session *s, const char *reply,
+                                      int close)
 {
   /* Queued like a relayed command, so that answers stay in order. The
    * parser checked that the queue has room. */
@@ -368,10 +368,11 @@ static void take_command(struct px_session *s, const char *line, size_t len)
      * so. Refused here, never forwarded; counted, so probing ends. */
     s->errors++;
     PX_CTR_ADD(s->w->ctr.commands_rejected, 1);
-    push_local(s, s->errors >= s->cl->max_errors
-                    ? "-ERR Too many invalid commands, closing\r\n"
-                    : "-ERR Plaintext authentication disallowed, use STLS "
-                      "first\r\n",
+    push_local(s,
+               s->errors >= s->cl->max_errors
+                   ? "-ERR Too many invalid commands, closing\r\n"
+                   : "-ERR Plaintext authentication disallowed, use STLS "
+                     "first\r\n",
                s->errors >= s->cl->max_errors);
     if (s->errors >= s->cl->max_errors)
       s->quit = 1;
@@ -495,8 +496,10 @@ static size_t parse_lines(struct px_session *s, const char *buf, size_t buflen)
     if (s->stls && off < buflen) {
       /* STARTTLS command injection (CVE-2011-0411 class): bytes sent in
        * the clear behind STLS must never be read as if inside TLS. */
-      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=stls_injection client=%s "
-             "bytes=%zu", s->id, s->peer_str, buflen - off);
+      px_log(PX_LOG_WARN,
+             "sid=%016" PRIx64 " ev=stls_injection client=%s "
+             "bytes=%zu",
+             s->id, s->peer_str, buflen - off);
       session_close(s, "stls_injection");
       return buflen;
     }
@@ -625,9 +628,11 @@ static void client_tls_ready(struct px_conn *c)
 
   PX_CTR_ADD(s->w->ctr.tls_handshakes_total, 1);
   if (px_log_enabled(PX_LOG_DEBUG))
-    px_log(PX_LOG_DEBUG, "sid=%016" PRIx64 " ev=tls_ready side=client "
-           "tls=%s cipher=%s sni=%s", s->id, px_tls_version(c->tls),
-           px_tls_cipher(c->tls), px_tls_sni(c->tls));
+    px_log(PX_LOG_DEBUG,
+           "sid=%016" PRIx64 " ev=tls_ready side=client "
+           "tls=%s cipher=%s sni=%s",
+           s->id, px_tls_version(c->tls), px_tls_cipher(c->tls),
+           px_tls_sni(c->tls));
   if (s->stls) {
     s->stls = 0;
     update_reading(s);
@@ -637,10 +642,9 @@ static void client_tls_ready(struct px_conn *c)
   arm_timer(s);
 }
 
-static const struct px_conn_ops client_ops = {
-  client_read, client_written, client_closed, client_tls_ready, conn_hold,
-  conn_release
-};
+static const struct px_conn_ops client_ops = { client_read,   client_written,
+                                               client_closed, client_tls_ready,
+                                               conn_hold,     conn_release };
 
 /* ---- the upstream side -------------------------------------------------- */
 
@@ -654,8 +658,10 @@ static int cli_start_tls(struct px_session *s)
 
   if (s->cinlen > 0) {
     /* Sent after STLS, before the +OK: as injected as the rest. */
-    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=stls_injection client=%s "
-           "bytes=%zu", s->id, s->peer_str, s->cinlen);
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=stls_injection client=%s "
+           "bytes=%zu",
+           s->id, s->peer_str, s->cinlen);
     session_close(s, "stls_injection");
     return PX_EPROTO;
   }
@@ -848,11 +854,14 @@ static void on_status(struct px_session *s, const struct px_fr_out *o)
     }
     if (!o->ok) {
       char txt[PX_PEER_TEXT_MAX * 4 + 4];
-      px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
-             "upstream=%s err=\"STLS refused\" answer=%s", s->id, s->up_str,
+      px_log(PX_LOG_WARN,
+             "sid=%016" PRIx64 " ev=upstream_tls_failed "
+             "upstream=%s err=\"STLS refused\" answer=%s",
+             s->id, s->up_str,
              px_log_sanitize(o->p, o->n, PX_PEER_TEXT_MAX, txt, sizeof txt));
-      upstream_failed(s, "upstream_tls_failed",
-                      "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+      upstream_failed(
+          s, "upstream_tls_failed",
+          "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
       return;
     }
     s->up_stls = 2; /* the caller checks what follows, then starts TLS */
@@ -924,8 +933,10 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
   if (s->closing || s->draining)
     return;
   if (n == PX_ETLS) {
-    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
-           "upstream=%s err=\"%s\"", s->id, s->up_str, px_tls_error(c->tls));
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=upstream_tls_failed "
+           "upstream=%s err=\"%s\"",
+           s->id, s->up_str, px_tls_error(c->tls));
     upstream_failed(s, "upstream_tls_failed",
                     "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
     return;
@@ -1045,8 +1056,7 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
       if (e->id == PX_CMD_CAPA) {
         /* STLS is this listener's to offer, in the clear and before
          * login only (RFC 2595 4). */
-        if (s->cl->tls == PX_TLS_STARTTLS && s->cli.tls == NULL &&
-            !s->auth_ok)
+        if (s->cl->tls == PX_TLS_STARTTLS && s->cli.tls == NULL && !s->auth_ok)
           to_client_str(s, "STLS\r\n");
         to_client_str(s, ".\r\n");
       } else {
@@ -1117,9 +1127,10 @@ static void upstream_tls_ready(struct px_conn *c)
   struct px_session *s = conn_session(c);
 
   if (px_log_enabled(PX_LOG_DEBUG))
-    px_log(PX_LOG_DEBUG, "sid=%016" PRIx64 " ev=tls_ready side=upstream "
-           "upstream=%s tls=%s cipher=%s", s->id, s->up_str,
-           px_tls_version(c->tls), px_tls_cipher(c->tls));
+    px_log(PX_LOG_DEBUG,
+           "sid=%016" PRIx64 " ev=tls_ready side=upstream "
+           "upstream=%s tls=%s cipher=%s",
+           s->id, s->up_str, px_tls_version(c->tls), px_tls_cipher(c->tls));
   if (s->up_stls != 2)
     return;
   s->up_stls = 0;
@@ -1139,8 +1150,8 @@ static void upstream_tls_ready(struct px_conn *c)
 }
 
 static const struct px_conn_ops upstream_ops = {
-  upstream_read, upstream_written, upstream_closed, upstream_tls_ready,
-  conn_hold,     conn_release
+  upstream_read,      upstream_written, upstream_closed,
+  upstream_tls_ready, conn_hold,        conn_release
 };
 
 /* TLS toward the upstream: right after connect (implicit), or after its
@@ -1148,9 +1159,8 @@ static const struct px_conn_ops upstream_ops = {
 static int up_start_tls(struct px_session *s)
 {
   const char *name = s->cu->server_name ? s->cu->server_name : s->up_host;
-  struct px_tls *t =
-      px_tls_new_client(s->tls->upstreams[s->cu - s->conf->upstreams], name,
-                        s->cu->verify);
+  struct px_tls *t = px_tls_new_client(
+      s->tls->upstreams[s->cu - s->conf->upstreams], name, s->cu->verify);
   int rc;
 
   if (t == NULL) {
@@ -1160,8 +1170,10 @@ static int up_start_tls(struct px_session *s)
   s->t_uphs = now_ms(s);
   rc = px_conn_start_tls(&s->up, t);
   if (rc < 0) {
-    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
-           "upstream=%s err=\"%s\"", s->id, s->up_str, px_tls_error(t));
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=upstream_tls_failed "
+           "upstream=%s err=\"%s\"",
+           s->id, s->up_str, px_tls_error(t));
     upstream_failed(s, "upstream_tls_failed",
                     "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
     return rc;
@@ -1418,13 +1430,17 @@ static void timer_cb(uv_timer_t *t)
     return;
   case PX_DL_HANDSHAKE:
     PX_CTR_ADD(s->w->ctr.tls_handshake_failures_total, 1);
-    px_log(PX_LOG_INFO, "sid=%016" PRIx64 " ev=tls_failed client=%s "
-           "err=\"handshake timed out\"", s->id, s->peer_str);
+    px_log(PX_LOG_INFO,
+           "sid=%016" PRIx64 " ev=tls_failed client=%s "
+           "err=\"handshake timed out\"",
+           s->id, s->peer_str);
     session_close(s, "handshake_timeout");
     return;
   case PX_DL_UP_HANDSHAKE:
-    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_tls_failed "
-           "upstream=%s err=\"handshake timed out\"", s->id, s->up_str);
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=upstream_tls_failed "
+           "upstream=%s err=\"handshake timed out\"",
+           s->id, s->up_str);
     upstream_failed(s, "upstream_tls_failed",
                     "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
     break;
@@ -1468,6 +1484,7 @@ static void arm_timer(struct px_session *s)
 static void session_close(struct px_session *s, const char *reason)
 {
   struct px_worker *w = s->w;
+  char sni[PX_USER_LOG_MAX * 4 + 4] = "-";
   double secs;
 
   if (s->closing)
@@ -1478,15 +1495,19 @@ static void session_close(struct px_session *s, const char *reason)
   enter_state(s, PX_ST_CLOSING);
 
   secs = (double)(now_ms(s) - s->t_start) / 1000.0;
+  if (s->cli.tls != NULL) {
+    /* The client chose its SNI name: peer text like any other. */
+    const char *name = px_tls_sni(s->cli.tls);
+    px_log_sanitize(name, strlen(name), PX_USER_LOG_MAX, sni, sizeof sni);
+  }
   px_log(PX_LOG_INFO,
          "sid=%016" PRIx64 " ev=close listener=%s client=%s user=%s "
-         "auth=%s upstream=%s tls=%s cipher=%s sni=%s cmds=%u msgs=%u bytes_in=%" PRIu64
-         " bytes_out=%" PRIu64 " duration=%.3f reason=%s",
+         "auth=%s upstream=%s tls=%s cipher=%s sni=%s cmds=%u msgs=%u "
+         "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%.3f reason=%s",
          s->id, s->cl->name, s->peer_str, s->user[0] ? s->user : "-",
          s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-",
          s->cli.tls ? px_tls_version(s->cli.tls) : "-",
-         s->cli.tls ? px_tls_cipher(s->cli.tls) : "-",
-         s->cli.tls ? px_tls_sni(s->cli.tls) : "-", s->ncmds, s->nmsgs,
+         s->cli.tls ? px_tls_cipher(s->cli.tls) : "-", sni, s->ncmds, s->nmsgs,
          s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
 
   PX_CTR_ADD(w->ctr.connections_active, -1);

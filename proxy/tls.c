@@ -21,9 +21,9 @@
 
 /* Mozilla's "intermediate" TLS 1.2 list: ECDHE key exchange with AES-GCM or
  * ChaCha20-Poly1305 only. TLS 1.3 suites are OpenSSL's (all AEAD). */
-#define PX_DEFAULT_CIPHERS                                                  \
-  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"              \
-  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"              \
+#define PX_DEFAULT_CIPHERS                                                     \
+  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                 \
+  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                 \
   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 /* RFC 2595 and the IANA ALPN registry: "pop3". */
@@ -56,7 +56,7 @@ static void ssl_err(char *buf, size_t len)
 }
 
 static size_t errf(char *err, size_t errlen, const char *fmt, ...)
-  __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static size_t errf(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -127,14 +127,13 @@ static SSL_CTX *server_ctx(const struct px_conf *c,
   /* Compression is off by default in OpenSSL 3 (CRIME), client-initiated
    * renegotiation too; say both anyway. */
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+                               SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
-  if (SSL_CTX_set_cipher_list(ctx, cl->ciphers != NULL ? cl->ciphers
-                                                       : PX_DEFAULT_CIPHERS) !=
-      1) {
+  if (SSL_CTX_set_cipher_list(
+          ctx, cl->ciphers != NULL ? cl->ciphers : PX_DEFAULT_CIPHERS) != 1) {
     ssl_err(why, sizeof why);
     errf(err, errlen, "%s:%d: [listener:%s] ciphers: %s\n", c->path,
          cl->ciphers_line ? cl->ciphers_line : cl->line, cl->name, why);
@@ -142,8 +141,8 @@ static SSL_CTX *server_ctx(const struct px_conf *c,
   }
   if (SSL_CTX_use_certificate_chain_file(ctx, ck->cert) != 1) {
     ssl_err(why, sizeof why);
-    errf(err, errlen, "%s:%d: [listener:%s] cert %s: %s\n", c->path,
-         ck->line, cl->name, ck->cert, why);
+    errf(err, errlen, "%s:%d: [listener:%s] cert %s: %s\n", c->path, ck->line,
+         cl->name, ck->cert, why);
     goto fail;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, ck->key, SSL_FILETYPE_PEM) != 1) {
@@ -154,8 +153,10 @@ static SSL_CTX *server_ctx(const struct px_conf *c,
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     ssl_err(why, sizeof why);
-    errf(err, errlen, "%s:%d: [listener:%s] key %s does not match cert %s: "
-         "%s\n", c->path, ck->key_line, cl->name, ck->key, ck->cert, why);
+    errf(err, errlen,
+         "%s:%d: [listener:%s] key %s does not match cert %s: "
+         "%s\n",
+         c->path, ck->key_line, cl->name, ck->key, ck->cert, why);
     goto fail;
   }
   return ctx;
@@ -183,12 +184,11 @@ static SSL_CTX *client_ctx(const struct px_conf *c,
   SSL_CTX_set_alpn_protos(ctx, alpn_pop3, sizeof alpn_pop3);
   if (SSL_CTX_set_cipher_list(ctx, PX_DEFAULT_CIPHERS) != 1) {
     ssl_err(why, sizeof why);
-    errf(err, errlen, "%s:%d: [upstream:%s] ciphers: %s\n", c->path,
-         cu->line, cu->name, why);
+    errf(err, errlen, "%s:%d: [upstream:%s] ciphers: %s\n", c->path, cu->line,
+         cu->name, why);
     goto fail;
   }
-  SSL_CTX_set_verify(ctx, cu->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
-                     NULL);
+  SSL_CTX_set_verify(ctx, cu->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
   if (cu->ca_file != NULL) {
     if (SSL_CTX_load_verify_locations(ctx, cu->ca_file, NULL) != 1) {
       ssl_err(why, sizeof why);
@@ -205,12 +205,12 @@ static SSL_CTX *client_ctx(const struct px_conf *c,
   if (cu->client.cert != NULL) {
     if (SSL_CTX_use_certificate_chain_file(ctx, cu->client.cert) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, cu->client.key, SSL_FILETYPE_PEM) !=
-          1 ||
+            1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
       ssl_err(why, sizeof why);
       errf(err, errlen, "%s:%d: [upstream:%s] client cert %s / key %s: %s\n",
-           c->path, cu->client.line, cu->name, cu->client.cert,
-           cu->client.key, why);
+           c->path, cu->client.line, cu->name, cu->client.cert, cu->client.key,
+           why);
       goto fail;
     }
   }
@@ -234,10 +234,10 @@ int px_tls_ctxs_new(const struct px_conf *c, struct px_tls_ctxs **out,
     return UV_ENOMEM;
   x->nlisteners = c->nlisteners;
   x->nupstreams = c->nupstreams;
-  x->listeners = calloc(c->nlisteners ? c->nlisteners : 1,
-                        sizeof *x->listeners);
-  x->upstreams = calloc(c->nupstreams ? c->nupstreams : 1,
-                        sizeof *x->upstreams);
+  x->listeners =
+      calloc(c->nlisteners ? c->nlisteners : 1, sizeof *x->listeners);
+  x->upstreams =
+      calloc(c->nupstreams ? c->nupstreams : 1, sizeof *x->upstreams);
   if (x->listeners == NULL || x->upstreams == NULL) {
     ctxs_free(x);
     return UV_ENOMEM;
@@ -356,7 +356,8 @@ struct px_tls *px_tls_new_client(SSL_CTX *ctx, const char *name, int verify)
 
   if (t == NULL || name == NULL)
     return t;
-  is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+  is_ip =
+      inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
   snprintf(t->sni, sizeof t->sni, "%s", name);
   /* RFC 6066 3: no IP literals in SNI. */
   if (!is_ip && SSL_set_tlsext_host_name(t->ssl, name) != 1)
@@ -428,8 +429,7 @@ int px_tls_handshake(struct px_tls *t)
   if (r == 1) {
     t->done = 1;
     if (t->server) {
-      const char *name =
-        SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+      const char *name = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
       if (name != NULL)
         snprintf(t->sni, sizeof t->sni, "%s", name);
     }

@@ -210,6 +210,23 @@ start_dovecot() {
 
 # -------------------------------------------------------------- popgate --
 
+# A test CA and a certificate for pop.test / 127.0.0.1, made for this run.
+make_certs() {
+  local d=$DIR/certs
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout ca.key -out ca.pem -days 1 -subj "/CN=popgate demo CA"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout pop.key -out pop.csr -subj /CN=pop.test
+    printf 'subjectAltName=DNS:pop.test,IP:127.0.0.1\n' >pop.ext
+    openssl x509 -req -in pop.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -days 1 -extfile pop.ext -out pop.pem
+  ) >"$d/openssl.log" 2>&1 || die "openssl could not make the demo certificates"
+  info "certificates: $d/ca.pem (test CA), pop.pem (pop.test, 127.0.0.1)"
+}
+
 write_popgate_conf() {
   mkdir -p "$DIR/popgate"
   cat >"$DIR/popgate/popgate.ini" <<EOF
@@ -223,6 +240,21 @@ shutdown_timeout = 5s
 [listener:plain]
 bind = 127.0.0.1:$PROXY_PORT
 tls = off
+upstream = dovecot
+
+[listener:pop3s]
+bind = 127.0.0.1:$TLS_PORT
+tls = implicit
+cert = $DIR/certs/pop.pem
+key = $DIR/certs/pop.key
+upstream = dovecot
+
+[listener:stls]
+bind = 127.0.0.1:$STLS_PORT
+tls = starttls
+cert = $DIR/certs/pop.pem
+key = $DIR/certs/pop.key
+require_tls = yes
 upstream = dovecot
 
 [upstream:dovecot]
@@ -251,7 +283,8 @@ start_popgate() {
   PIDS+=($!)
   POPGATE_PID=$!
   wait_port "$PROXY_PORT" "$POPGATE_PID" popgate
-  info "popgate pid $POPGATE_PID on 127.0.0.1:$PROXY_PORT -> 127.0.0.1:$DOVECOT_PORT"
+  info "popgate pid $POPGATE_PID: plain :$PROXY_PORT, POP3S :$TLS_PORT," \
+    "STLS :$STLS_PORT -> Dovecot 127.0.0.1:$DOVECOT_PORT"
 }
 
 # -------------------------------------------------------------- clients --
@@ -281,28 +314,55 @@ compare() {
 }
 
 fetch_curl_list() {
-  section "curl: LIST through $PROXY_NAME"
-  info "curl -u $DEMO_USER:*** pop3://127.0.0.1:$PROXY_PORT/"
-  curl -sS --max-time 20 -u "$DEMO_USER:$DEMO_PASS" \
-    "pop3://127.0.0.1:$PROXY_PORT/" | tr -d '\r' | indent
-  info "curl ... pop3://127.0.0.1:$PROXY_PORT/2  (RETR 2, the dot lines):"
-  curl -sS --max-time 20 -u "$DEMO_USER:$DEMO_PASS" \
-    "pop3://127.0.0.1:$PROXY_PORT/2" | tr -d '\r' | sed -n '/^$/,$p' | indent
+  section "curl: LIST through $PROXY_NAME, POP3S (implicit TLS, verified)"
+  local url=pop3s://pop.test:$TLS_PORT tls=(--cacert "$DIR/certs/ca.pem"
+    --resolve "pop.test:$TLS_PORT:127.0.0.1")
+  if [[ $NO_PROXY == 1 ]]; then
+    url=pop3://127.0.0.1:$PROXY_PORT
+    tls=()
+  fi
+  info "curl --cacert ca.pem -u $DEMO_USER:*** $url/"
+  curl -sS --max-time 20 "${tls[@]}" -u "$DEMO_USER:$DEMO_PASS" "$url/" |
+    tr -d '\r' | indent
+  info "curl ... $url/2  (RETR 2, the dot lines):"
+  curl -sS --max-time 20 "${tls[@]}" -u "$DEMO_USER:$DEMO_PASS" "$url/2" |
+    tr -d '\r' | sed -n '/^$/,$p' | indent
+  if [[ $NO_PROXY != 1 ]]; then
+    info "a raw client on the STLS port: CAPA, then USER in the clear (refused):"
+    printf 'CAPA\r\nUSER %s\r\nQUIT\r\n' "$DEMO_USER" |
+      timeout 10 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(sys.stdin.buffer.read())
+data = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    data += d
+sys.stdout.write(data.decode().replace("\r", ""))' "$STLS_PORT" | indent
+  fi
 }
 
 # fetchmail, one message per file through an MDA; "keep" leaves the mail on
 # the server so that the next client sees it too; "invisible" stops fetchmail
 # from adding its Received: header, so the result can be diffed.
 fetch_fetchmail() {
-  section "fetchmail: RETR all through $PROXY_NAME"
-  local d=$DIR/fetchmail
+  local d=$DIR/fetchmail tls='sslproto ""' port=$PROXY_PORT
+  if [[ $NO_PROXY != 1 ]]; then
+    port=$TLS_PORT
+    tls="ssl sslcertck sslcertfile \"$DIR/certs/ca.pem\" sslcommonname pop.test"
+    section "fetchmail: RETR all through $PROXY_NAME, POP3S (certificate checked)"
+  else
+    section "fetchmail: RETR all through $PROXY_NAME"
+  fi
   mkdir -p "$d/out"
   cat >"$d/fetchmailrc" <<EOF
 set no syslog
 set invisible
-poll 127.0.0.1 service $PROXY_PORT protocol pop3 timeout 30
+poll 127.0.0.1 service $port protocol pop3 timeout 30
   user "$DEMO_USER" password "$DEMO_PASS" is "root" here
-  keep fetchall no rewrite sslproto ""
+  keep fetchall no rewrite $tls
   mda "/bin/sh -c 'cat > $d/out/msg.\$\$'"
 EOF
   chmod 600 "$d/fetchmailrc"
@@ -316,11 +376,17 @@ EOF
 
 # mpop pipelines its commands when the server offers PIPELINING.
 fetch_mpop() {
-  section "mpop: RETR all through $PROXY_NAME (pipelined)"
-  local d=$DIR/mpop
+  local d=$DIR/mpop port=$PROXY_PORT tls=(--tls=off)
+  if [[ $NO_PROXY != 1 ]]; then
+    port=$STLS_PORT
+    tls=(--tls=on --tls-starttls=on --tls-trust-file="$DIR/certs/ca.pem")
+    section "mpop: RETR all through $PROXY_NAME, STLS (verified, pipelined)"
+  else
+    section "mpop: RETR all through $PROXY_NAME (pipelined)"
+  fi
   mkdir -p "$d/out/cur" "$d/out/new" "$d/out/tmp"
   local rc=0
-  timeout 60 mpop --half-quiet --host=127.0.0.1 --port="$PROXY_PORT" --tls=off \
+  timeout 60 mpop --half-quiet --host=127.0.0.1 --port="$port" "${tls[@]}" \
     --auth=user --user="$DEMO_USER" --passwordeval="echo $DEMO_PASS" \
     --keep=on --only-new=off --received-header=off \
     --delivery="maildir,$d/out" --uidls-file="$d/uidls" \
@@ -370,7 +436,7 @@ main() {
     [[ -x $POPGATE_BIN ]] || die "$POPGATE_BIN not found: run 'make' first"
   fi
   local tool
-  for tool in /usr/sbin/dovecot fetchmail mpop curl python3; do
+  for tool in /usr/sbin/dovecot fetchmail mpop curl python3 openssl; do
     command -v "$tool" >/dev/null || die "$tool missing: run scripts/deps.sh"
   done
 
@@ -381,6 +447,8 @@ main() {
   chmod 755 "$DIR"
   DOVECOT_PORT=$(free_port)
   PROXY_PORT=$(free_port)
+  TLS_PORT=$(free_port)
+  STLS_PORT=$(free_port)
   PROXY_NAME=popgate
   [[ $NO_PROXY == 1 ]] && PROXY_NAME="Dovecot (no proxy)"
 
@@ -391,6 +459,7 @@ main() {
 
   section "start Dovecot and popgate"
   write_messages
+  make_certs
   write_dovecot_conf
   start_dovecot
   start_popgate
