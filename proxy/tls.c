@@ -26,6 +26,11 @@
   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                 \
   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
+/* A memory BIO keeps the largest buffer it ever held: after one 256 KiB
+ * read, every idle session would keep 256 KiB. Emptied BIOs above this
+ * size are replaced by fresh ones. */
+#define PX_TLS_BIO_KEEP (16 * 1024)
+
 /* RFC 2595 and the IANA ALPN registry: "pop3". */
 static const unsigned char alpn_pop3[] = { 4, 'p', 'o', 'p', '3' };
 
@@ -314,6 +319,38 @@ static void ctxs_free(struct px_tls_ctxs *x)
 
 /* ---- sessions ----------------------------------------------------------- */
 
+static BIO *mem_bio(void)
+{
+  BIO *b = BIO_new(BIO_s_mem());
+
+  /* An empty read BIO means "come back later", not end of stream. */
+  if (b != NULL)
+    BIO_set_mem_eof_return(b, -1);
+  return b;
+}
+
+/* Replaces an empty BIO that grew large by a fresh one. which: 0 = read
+ * BIO, 1 = write BIO. Keeps the old one when memory is short. */
+static void trim_bio(struct px_tls *t, int which)
+{
+  BIO *b = which ? t->wbio : t->rbio, *nb;
+  BUF_MEM *m = NULL;
+
+  if (BIO_ctrl_pending(b) != 0 || BIO_get_mem_ptr(b, &m) != 1 || m == NULL ||
+      m->max <= PX_TLS_BIO_KEEP)
+    return;
+  nb = mem_bio();
+  if (nb == NULL)
+    return;
+  if (which) {
+    SSL_set0_wbio(t->ssl, nb); /* frees the old one */
+    t->wbio = nb;
+  } else {
+    SSL_set0_rbio(t->ssl, nb);
+    t->rbio = nb;
+  }
+}
+
 static struct px_tls *tls_new(SSL_CTX *ctx, int server)
 {
   struct px_tls *t = calloc(1, sizeof *t);
@@ -322,8 +359,8 @@ static struct px_tls *tls_new(SSL_CTX *ctx, int server)
     return NULL;
   t->server = server;
   t->ssl = SSL_new(ctx);
-  t->rbio = BIO_new(BIO_s_mem());
-  t->wbio = BIO_new(BIO_s_mem());
+  t->rbio = mem_bio();
+  t->wbio = mem_bio();
   if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
     BIO_free(t->rbio);
     BIO_free(t->wbio);
@@ -332,9 +369,6 @@ static struct px_tls *tls_new(SSL_CTX *ctx, int server)
     ERR_clear_error();
     return NULL;
   }
-  /* An empty read BIO means "come back later", not end of stream. */
-  BIO_set_mem_eof_return(t->rbio, -1);
-  BIO_set_mem_eof_return(t->wbio, -1);
   SSL_set_bio(t->ssl, t->rbio, t->wbio);
   if (server)
     SSL_set_accept_state(t->ssl);
@@ -450,8 +484,10 @@ ssize_t px_tls_read(struct px_tls *t, void *pt, size_t cap)
   if (r > 0)
     return r;
   e = SSL_get_error(t->ssl, r);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    trim_bio(t, 0);
     return 0;
+  }
   if (e == SSL_ERROR_ZERO_RETURN)
     return UV_EOF;
   return fail(t);
@@ -490,6 +526,8 @@ size_t px_tls_pending_out(const struct px_tls *t)
 size_t px_tls_take_out(struct px_tls *t, void *ct, size_t cap)
 {
   int r = BIO_read(t->wbio, ct, cap > (1u << 30) ? 1 << 30 : (int)cap);
+
+  trim_bio(t, 1); /* only once it is empty */
   return r > 0 ? (size_t)r : 0;
 }
 
