@@ -23,6 +23,8 @@ PACKAGES=(
   dovecot-core dovecot-pop3d
   python3 python3-pytest libpython3.11-testsuite
   curl fetchmail mpop
+  # TLS tests: an external TLS scanner (protocols, ciphers, renegotiation, CRIME...)
+  testssl.sh
   # scanning: libclamav's engine, clamd, the EICAR-like test files
   clamav clamav-daemon clamav-testfiles
   # certificates, process and socket inspection used by scripts

@@ -6,8 +6,12 @@ mailbox          the corpus layout: names <-> message numbers of user alice.
 direct           exact RETR blocks of alice's mailbox as Dovecot sends them.
 popgate          a popgate in front of that Dovecot (session scope).
 popgate_factory  start a popgate with a custom config (function scope).
-fake_upstream    factory of scripted fake POP3 upstreams (fakeupstream.py).
+fake_upstream    factory of scripted fake POP3 upstreams (fakeupstream.py),
+                 plaintext or TLS (tls="implicit", certfile=...; STARTTLS action).
 scratch_user     a fresh Dovecot user with its own small mailbox (for DELE).
+certs            the test PKI generated at test time (certs.py; session scope).
+dovecot_tls      a second Dovecot with ssl = yes (certificate up.test/127.0.0.1):
+                 STLS on .port, implicit TLS on .tls_port (session scope).
 
 Environment:
   POPGATE_BIN          the binary (default <repo>/build/popgate)
@@ -33,6 +37,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import certs as certs_mod  # noqa: E402
 import corpus as corpus_mod  # noqa: E402
 import pop3util  # noqa: E402
 from fakeupstream import FakeUpstream  # noqa: E402
@@ -135,8 +140,8 @@ def file_bytes(path):
 
 
 class Dovecot:
-    def __init__(self, corpus):
-        self.dir = tempfile.mkdtemp(prefix="popgate-it-dovecot-")
+    def __init__(self, corpus, prefix="popgate-it-dovecot-"):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
         os.chmod(self.dir, 0o755)
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -159,14 +164,16 @@ class Dovecot:
             with open(os.path.join(self.store, name), "wb") as f:
                 f.write(data)
         with open(self.conf, "w") as f:
-            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port,
-                                        uid=MAIL_UID, gid=MAIL_GID))
+            f.write(self.config_text())
         open(self.passwd, "w").close()
         os.makedirs(os.path.join(self.dir, "mail"))
         os.chown(os.path.join(self.dir, "mail"), MAIL_UID, MAIL_GID)
         self.add_user("alice", "secret", self.names)
         # users for clients that need a mailbox of their own
         self.add_user("bob", "bobpass", corpus_mod.SMALL)
+
+    def config_text(self):
+        return DOVECOT_CONF.format(d=self.dir, port=self.port, uid=MAIL_UID, gid=MAIL_GID)
 
     def add_user(self, user, password, names):
         """Create user with a maildir holding the named corpus messages, in
@@ -310,6 +317,70 @@ def dovecot(corpus):
             d.cleanup()
 
 
+class DovecotTLS(Dovecot):
+    """Dovecot with ssl = yes: STLS on .port, implicit TLS on .tls_port,
+    certificate certs up.pem (DNS:up.test, IP:127.0.0.1). Same users and
+    mailboxes as the plaintext fixture."""
+
+    def __init__(self, corpus, certs):
+        super().__init__(corpus, prefix="popgate-it-dovecot-tls-")
+        self.certs = certs
+        self.tls_port = free_port()
+
+    def config_text(self):
+        text = super().config_text()
+        assert "ssl = no\n" in text
+        text = text.replace("ssl = no\n",
+                            "ssl = yes\nssl_cert = <%s\nssl_key = <%s\n"
+                            "ssl_min_protocol = TLSv1.2\n"
+                            % (self.certs.up_pem, self.certs.up_key))
+        anchor = "service pop3-login {\n"
+        assert anchor in text
+        text = text.replace(anchor, anchor + "  inet_listener pop3s {\n"
+                            "    address = 127.0.0.1\n    port = %d\n    ssl = yes\n  }\n"
+                            % self.tls_port)
+        return text
+
+    def start(self):
+        super().start()
+        if not pop3util.wait_listening(self.tls_port, timeout=10):
+            self.stop()
+            raise RuntimeError("dovecot does not listen on its pop3s port %d" % self.tls_port)
+
+    def connect_tls(self, implicit=True, **kw):
+        """A RawPOP3 in TLS (implicit port, or STLS on the plain port),
+        verifying the certificate against the test CA for up.test."""
+        ctx = pop3util.tls_client_context(self.certs.ca_pem)
+        if implicit:
+            return RawPOP3(self.tls_port, tls_context=ctx, server_hostname="up.test", **kw)
+        c = RawPOP3(self.port, **kw)
+        c.starttls(ctx, server_hostname="up.test")
+        return c
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """The test PKI (see certs.py): CA, pop.test/other.test server certs,
+    valid/expired/wrong-name/self-signed/unknown-CA upstream certs."""
+    return certs_mod.make_certs(str(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.fixture(scope="session")
+def dovecot_tls(corpus, certs, dovecot):
+    """A second Dovecot with TLS (see DovecotTLS); started on first use."""
+    d = DovecotTLS(corpus, certs)
+    try:
+        d.prepare()
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        if os.environ.get("POPGATE_KEEP_TMP"):
+            print("dovecot-tls dir kept:", d.dir)
+        else:
+            d.cleanup()
+
+
 @pytest.fixture(scope="session")
 def mailbox(dovecot):
     """names <-> numbers of alice's messages."""
@@ -357,13 +428,22 @@ def make_scratch_user(dovecot):
 # popgate
 # ---------------------------------------------------------------------------
 
+class Lines(list):
+    """A section value that renders as its own (key, value) lines, in order,
+    whatever dict key holds it: Lines([("cert", a), ("key", ak), ("cert", b),
+    ("key", bk)]) keeps each cert next to its key."""
+
+
 def render_ini(sections):
-    """sections: list of (header, {key: value or [values]}) -> INI text."""
+    """sections: list of (header, {key: value or [values] or Lines}) -> INI text."""
     out = []
     for header, keys in sections:
         out.append("[%s]" % header)
         for k, v in keys.items():
             if v is None:
+                continue
+            if isinstance(v, Lines):
+                out.extend("%s = %s" % kv for kv in v)
                 continue
             for x in (v if isinstance(v, (list, tuple)) else [v]):
                 out.append("%s = %s" % (k, x))
@@ -375,8 +455,9 @@ class Popgate:
     """One popgate process with a generated config."""
 
     def __init__(self, workdir, servers, popgate=None, listener=None, upstream=None,
-                 extra_sections=None, binary=None, env=None, port=None):
+                 extra_sections=None, binary=None, env=None, port=None, extra_ports=()):
         self.dir = workdir
+        self.extra_ports = list(extra_ports)   # other listeners' ports (readiness)
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
         self.binary = binary or popgate_bin()
@@ -414,8 +495,9 @@ class Popgate:
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([self.binary, "-c", self.conf], stdin=subprocess.DEVNULL,
                                      stdout=self._stderr, stderr=self._stderr, env=self.env)
-        ok = pop3util.wait_listening(self.port, timeout=ready_timeout,
-                                     alive=lambda: self.proc.poll() is None)
+        ok = all(pop3util.wait_listening(p, timeout=ready_timeout,
+                                         alive=lambda: self.proc.poll() is None)
+                 for p in [self.port] + self.extra_ports)
         if not ok:
             rc = self.proc.poll()
             if rc is None:

@@ -17,10 +17,26 @@ actions, or a callable(conn, line) returning one:
     CLOSE            close the connection (FIN)
     RESET            close with RST (SO_LINGER 0)
     STALL            send nothing more; keep reading until the peer closes
+    STARTTLS         start TLS as the server now (after the "+OK" of STLS):
+                     bytes received before it are dropped (as a correct
+                     server does), the handshake runs, and the dialogue goes
+                     on inside TLS; a failed handshake closes the connection
 Commands are looked up by the exact line (without CRLF), then by keyword
 (first word, upper-case); anything else gets the built-in mini server,
 which serves `messages` (a list of message bytes with CRLF line ends).
+
+TLS: FakeUpstream(tls="implicit", certfile=..., keyfile=...) handshakes as
+a TLS server before the greeting; with certfile/keyfile and no tls, only
+the STARTTLS action uses them. Each FakeConn then records .tls_version,
+.cipher, .sni (the server name the client sent, or None), .alpn,
+.tls_error (the handshake's exception text, None when it worked),
+.tls_line (how many lines had been received before TLS started) and
+.peer_cert (the verified client certificate, when the context asks for
+one); lines
+and raw bytes received inside TLS are recorded like plaintext ones.
 """
+
+import ssl
 
 import socket
 import struct
@@ -49,6 +65,7 @@ class _Token:
 CLOSE = _Token("CLOSE")
 RESET = _Token("RESET")
 STALL = _Token("STALL")
+STARTTLS = _Token("STARTTLS")
 
 DEFAULT_CAPA = [b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"PIPELINING",
                 b"SASL PLAIN LOGIN"]
@@ -85,6 +102,14 @@ class FakeConn:
         self.sasl = None                   # pending SASL exchange state
         self.authenticated = False
         self.linebuf = b""
+        self.tls_version = None            # after a successful handshake
+        self.cipher = None
+        self.sni = None
+        self.alpn = None
+        self.tls_error = None              # text of a failed handshake
+        self.tls_attempted = False
+        self.tls_line = None               # len(lines) when TLS started
+        self.peer_cert = None              # the client's certificate (dict), if any
 
     def commands(self):
         """Received lines without terminators, decoded latin-1."""
@@ -93,7 +118,20 @@ class FakeConn:
 
 class FakeUpstream:
     def __init__(self, greeting=b"+OK fake POP3 server ready <1234.5678@fake.test>\r\n",
-                 on=None, messages=None, capa=None, host="127.0.0.1"):
+                 on=None, messages=None, capa=None, host="127.0.0.1",
+                 tls=None, certfile=None, keyfile=None, handshake_timeout=10.0,
+                 ssl_context=None):
+        if tls not in (None, "implicit"):
+            raise ValueError("tls must be None or 'implicit' (use STARTTLS for STLS)")
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        self.ssl_context = ssl_context
+        if self.ssl_context is None and certfile:
+            self.ssl_context = self.make_server_context(certfile, keyfile)
+        if tls and self.ssl_context is None:
+            raise ValueError("tls='implicit' needs certfile/keyfile or ssl_context")
+        if self.ssl_context is not None and self.ssl_context.sni_callback is None:
+            self.ssl_context.sni_callback = self._sni_cb
         self.greeting = greeting
         self.on = dict(on or {})
         self.messages = list(messages) if messages is not None else [
@@ -106,6 +144,18 @@ class FakeUpstream:
         self._threads = []
         self.lsock = None
         self.port = None
+
+    @staticmethod
+    def make_server_context(certfile, keyfile=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(certfile, keyfile)
+        return ctx
+
+    @staticmethod
+    def _sni_cb(sslsock, name, ctx):
+        sslsock._fake_sni = name     # read back after the handshake
+        return None
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
@@ -204,6 +254,10 @@ class FakeUpstream:
             elif a is STALL:
                 self._drain(c)
                 return False
+            elif a is STARTTLS:
+                c.linebuf = b""        # nothing from before TLS is kept
+                if not self._handshake(c):
+                    return False
             else:
                 raise TypeError("bad action %r" % (a,))
         return True
@@ -238,8 +292,34 @@ class FakeUpstream:
             ln, c.linebuf = c.linebuf.split(b"\n", 1)
             c.lines.append(ln + b"\n")
 
+    def _handshake(self, c):
+        """Server-side TLS on c.sock; True when it worked."""
+        c.tls_attempted = True
+        if self.ssl_context is None:
+            raise RuntimeError("STARTTLS action without certfile/ssl_context")
+        ctx = self.ssl_context
+        try:
+            c.sock.settimeout(self.handshake_timeout)
+            ts = ctx.wrap_socket(c.sock, server_side=True, do_handshake_on_connect=False)
+            ts.do_handshake()
+        except (OSError, ValueError) as e:
+            c.tls_error = "%s: %s" % (type(e).__name__, e)
+            return False
+        c.sock = ts
+        c.tls_line = len(c.lines)
+        c.tls_version = ts.version()
+        c.cipher = (ts.cipher() or (None,))[0]
+        c.alpn = ts.selected_alpn_protocol()
+        c.peer_cert = ts.getpeercert() or None
+        c.sni = getattr(ts, "_fake_sni", None)
+        c.sock.settimeout(0.2)
+        return True
+
     def _serve(self, c):
         try:
+            if self.tls == "implicit":
+                if not self._handshake(c):
+                    return
             c.sock.settimeout(0.2)
             if not self._run(c, self.greeting):
                 return

@@ -1,7 +1,9 @@
 """Helpers for the popgate integration tests (stdlib only).
 
 RawPOP3      a POP3 client on a raw socket that returns the exact bytes of
-             every response, multi-line blocks included (dot-stuffing kept).
+             every response, multi-line blocks included (dot-stuffing kept);
+             optionally over TLS (implicit: tls_context=..., or .starttls()).
+tls_client_context()  a verifying client SSLContext for a CA file.
 unstuff()    decode a raw multi-line block into the message bytes.
 RssSampler   samples VmRSS of a PID from /proc every interval.
 free_port()  an unused TCP port on 127.0.0.1.
@@ -13,6 +15,7 @@ import errno
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 
@@ -112,7 +115,7 @@ class RawPOP3:
     MAXLINE = 16 * 1024 * 1024
 
     def __init__(self, port, host=HOST, timeout=DEFAULT_TIMEOUT, source=None,
-                 rcvbuf=None, read_greeting=True):
+                 rcvbuf=None, read_greeting=True, tls_context=None, server_hostname=None):
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         if rcvbuf:
@@ -124,8 +127,37 @@ class RawPOP3:
         self.local_port = self.sock.getsockname()[1]
         self.buf = bytearray()
         self.greeting = None
+        if tls_context is not None:
+            # implicit TLS: handshake first (errors propagate: ssl.SSLError)
+            try:
+                self.sock = tls_context.wrap_socket(self.sock, server_hostname=server_hostname)
+            except BaseException:
+                self.sock.close()
+                raise
         if read_greeting:
             self.greeting = self.readline()
+
+    # -- TLS -------------------------------------------------------------
+    def starttls(self, context, server_hostname=None):
+        """Send STLS; on "+OK" handshake (ssl.SSLError propagates).
+        Returns the STLS status line. Raises POP3Error on -ERR, and if any
+        byte followed the +OK line before the handshake (a server must not
+        send any: response injection)."""
+        st = self.cmd("STLS")
+        if not st.startswith(b"+OK"):
+            raise POP3Error("STLS: %r" % st)
+        if self.buf:
+            raise POP3Error("bytes after the STLS +OK: %r" % bytes(self.buf[:200]))
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        return st
+
+    @property
+    def tls_version(self):
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
+
+    @property
+    def cipher(self):
+        return self.sock.cipher()[0] if isinstance(self.sock, ssl.SSLSocket) else None
 
     # -- low level -------------------------------------------------------
     def settimeout(self, t):
@@ -139,8 +171,8 @@ class RawPOP3:
     def _fill(self, n=262144):
         try:
             chunk = self.sock.recv(n)
-        except ConnectionResetError:
-            chunk = b""
+        except (ConnectionResetError, ssl.SSLError):
+            chunk = b""   # RST, or a TLS alert / broken record: the peer is gone
         if not chunk:
             data = bytes(self.buf)
             raise Closed("connection closed by peer", data)
@@ -198,7 +230,7 @@ class RawPOP3:
         while True:
             try:
                 chunk = self.sock.recv(262144)
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 break
             if not chunk:
                 break
@@ -217,7 +249,7 @@ class RawPOP3:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
                 return False, bytes(extra)
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 return True, bytes(extra)
             if not chunk:
                 return True, bytes(extra)
@@ -280,6 +312,17 @@ class RawPOP3:
 
     def __exit__(self, *a):
         self.close()
+
+
+def tls_client_context(cafile, check_hostname=True, minimum=None, maximum=None):
+    """A verifying client context trusting only cafile."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = check_hostname
+    if minimum is not None:
+        ctx.minimum_version = minimum
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    return ctx
 
 
 def unstuff(block):
