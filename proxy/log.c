@@ -83,11 +83,11 @@ int px_log_open(const struct px_conf *c)
     closelog();
   free(g_log.path);
   g_log.path = path;
-  g_log.target = c->log_target;
+  __atomic_store_n(&g_log.target, c->log_target, __ATOMIC_RELAXED);
   g_log.fd = c->log_target == PX_LOGT_FILE ? fd : 2;
   if (c->log_target == PX_LOGT_SYSLOG)
     openlog("popgate", LOG_PID | LOG_NDELAY, LOG_MAIL);
-  g_log.level = c->log_level;
+  __atomic_store_n(&g_log.level, (int)c->log_level, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&g_log.mu);
   return 0;
 }
@@ -119,14 +119,14 @@ void px_log_close(void)
     closelog();
   free(g_log.path);
   g_log.path = NULL;
-  g_log.target = PX_LOGT_STDERR;
+  __atomic_store_n(&g_log.target, PX_LOGT_STDERR, __ATOMIC_RELAXED);
   g_log.fd = 2;
   pthread_mutex_unlock(&g_log.mu);
 }
 
 int px_log_enabled(enum px_log_level lvl)
 {
-  return (int)lvl <= g_log.level;
+  return (int)lvl <= __atomic_load_n(&g_log.level, __ATOMIC_RELAXED);
 }
 
 void px_log(enum px_log_level lvl, const char *fmt, ...)
@@ -139,7 +139,9 @@ void px_log(enum px_log_level lvl, const char *fmt, ...)
   if (!px_log_enabled(lvl))
     return;
 
-  if (g_log.target != PX_LOGT_SYSLOG) {
+  /* Read without the lock (a reload may change it meanwhile): at worst
+   * one line has or lacks a timestamp it need not. */
+  if (__atomic_load_n(&g_log.target, __ATOMIC_RELAXED) != PX_LOGT_SYSLOG) {
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
