@@ -6,11 +6,11 @@
 # Usage: scripts/deps.sh            (as root when something is missing)
 #        scripts/deps.sh --check    (report what is missing; exit 1 if any)
 #
-# Services of the installed packages (dovecot, clamav-daemon, freshclam) are
-# never started: the tests, the demo and the bench start their own instances
-# with generated configs. If /usr/sbin/policy-rc.d does not exist, a temporary
-# one that forbids service starts is put in place for the install and removed
-# afterwards.
+# Services of the installed packages (dovecot, clamav-daemon, freshclam,
+# haproxy, stunnel4) are never started: the tests, the demo and the bench
+# start their own instances with generated configs. If /usr/sbin/policy-rc.d
+# does not exist, a temporary one that forbids service starts is put in place
+# for the install and removed afterwards.
 set -euo pipefail
 
 PACKAGES=(
@@ -31,6 +31,8 @@ PACKAGES=(
   openssl ca-certificates procps iproute2 diffutils
   # bench: socat is the byte-relay floor popgate is measured against
   socat
+  # bench peers: the TLS part measures popgate against HAProxy and stunnel
+  haproxy stunnel4
 )
 
 missing_packages() {

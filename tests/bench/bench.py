@@ -16,6 +16,18 @@ front of it, then measures:
   (c) 1000 idle logged-in sessions through popgate: popgate's VmRSS growth
       per session, from /proc/PID/status.
 
+Then the TLS part (BENCH_TLS=0 skips it): popgate (tls = implicit), HAProxy
+(mode tcp, bind ... ssl) and stunnel4, each in front of the same Dovecot with
+the same ECDSA P-256 certificate (a test CA made with the openssl CLI), TLS
+1.3 with TLS_AES_128_GCM_SHA256, rounds interleaved over the three proxies:
+
+  (a) RETR of the 50 MiB message over TLS: MB/s, and the proxy's CPU per MB.
+  (b) 300 sequential TLS sessions (full handshake, USER/PASS, STAT, QUIT):
+      the proxy's CPU per session.
+  (c) one client's login latency (connect, handshake, greeting, USER/PASS):
+      median of 50.
+  (d) 500 idle logged-in TLS sessions: the proxy's RSS growth per session.
+
 Not a test: a missed target is reported, never an error. The exit status is
 0 unless something broke (Dovecot or popgate did not start or died, a
 protocol error, a message that came through popgate different from direct).
@@ -25,15 +37,20 @@ Environment:
   POPGATE_NO_PROXY  1 = skip popgate: the "proxy" side is Dovecot again (to
                     check this script without the daemon; ratios ~1.0)
   BENCH_KEEP        1 = keep the temporary directory
+  BENCH_TLS         0 = skip the TLS part
+  BENCH_PLAIN       0 = skip the plaintext part (TLS part only)
 """
 
 import base64
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -52,7 +69,8 @@ SMALL_COUNT = 1000
 SESSIONS = 1000
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
-TIME_LIMIT = 170  # seconds for the whole run (SIGALRM)
+TIME_LIMIT = 170  # seconds for the plaintext part (SIGALRM)
+TLS_TIME_LIMIT = 110  # seconds added to it for the TLS part
 IO_TIMEOUT = 30  # seconds for any single socket operation
 MB = 1e6  # throughput and CPU figures use decimal megabytes
 
@@ -60,6 +78,24 @@ TARGET_A_RATIO = 0.9
 TARGET_A_CPU_MS_PER_MB = 0.5
 TARGET_B_RATIO = 0.8
 TARGET_C_KIB = 8.0
+
+# TLS part: the three proxies, in the order of the table's columns.
+TLS_PROXIES = ("popgate", "haproxy", "stunnel")
+TLS_NAME = "pop.test"  # in the certificate's SAN, sent as SNI
+TLS_SUITE = "TLS_AES_128_GCM_SHA256"
+TLS_SESSIONS = 300  # (b) sequential sessions per proxy, over RUNS rounds
+TLS_LAT_SAMPLES = 50  # (c) logins per proxy
+TLS_IDLE = 500  # (d) idle sessions per proxy
+
+TARGET_TLS_MBPS_RATIO = 1.0  # popgate's MB/s >= HAProxy's
+TARGET_TLS_CPU_MS_PER_MB = 0.9
+TARGET_TLS_CPU_MS_PER_SESSION = 1.0
+TARGET_TLS_LATENCY_RATIO = 1.1  # popgate's login latency <= 1.1x HAProxy's
+TARGET_TLS_IDLE_KIB = 12.0
+
+# The issue's figures for the peers (2 cores, loopback, same Dovecot).
+TLS_REFERENCE = ("issue's figures: HAProxy 356 MB/s, 1.3 ms/MB, 1.6 ms/session,"
+                 " 18 KiB/session; stunnel 1.7 ms/MB, 1.9 ms/session, 86 KiB/session")
 
 TERM = b"\r\n.\r\n"
 
@@ -171,6 +207,64 @@ def tree_cpu_seconds(pid):
         except OSError:
             pass
     return total
+
+
+def tree_pids(pid):
+    """pid and all its descendants (HAProxy may run as a master/worker pair;
+    any forked helper of a proxy counts as the proxy)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(k) for k in f.read().split())
+            except OSError:
+                pass
+    return out
+
+
+def process_cpu_seconds(pid):
+    """CPU time of a whole process in seconds, read from its POSIX CPU clock
+    (clock_getcpuclockid(3): ((~pid) << 3) | CPUCLOCK_SCHED). It is the same
+    nanosecond run time as the threads' schedstat, summed, but it also keeps
+    the time of threads that have ended: stunnel runs every connection in a
+    thread of its own, which is gone when its session ends. Falls back to
+    cpu_seconds() (live threads only)."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        return cpu_seconds(pid)
+
+
+def proxy_cpu_seconds(pid):
+    """CPU seconds of a proxy: its process and every descendant."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += process_cpu_seconds(p)
+        except OSError:
+            pass  # ended meanwhile
+    return total
+
+
+def proxy_rss_kib(pid):
+    return sum(rss_kib(p) for p in tree_pids(pid))
+
+
+def proxy_fds(pid):
+    n = 0
+    for p in tree_pids(pid):
+        try:
+            n += fd_count(p)
+        except OSError:
+            pass
+    return n
 
 
 def start_floor(tmp, port, up, cpus):
@@ -339,6 +433,18 @@ class Client:
         return total
 
 
+class TLSClient(Client):
+    """The same client over TLS (Python's ssl, the context of tls_context())."""
+
+    def __init__(self, port, ctx):
+        super().__init__(port)
+        try:
+            self.s = ctx.wrap_socket(self.s, server_hostname=TLS_NAME)
+        except BaseException:
+            self.s.close()
+            raise
+
+
 # ---------------------------------------------------------------- Dovecot --
 
 
@@ -477,12 +583,13 @@ tls = off
 """
 
 
-def start_popgate(tmp, binary, port, up, cpus):
-    d = os.path.join(tmp, "popgate")
+def start_popgate(tmp, binary, port, up, cpus, sub="popgate", template=POPGATE_CONF,
+                  **extra):
+    d = os.path.join(tmp, sub)
     os.makedirs(d)
     conf = os.path.join(d, "popgate.ini")
     with open(conf, "w") as f:
-        f.write(POPGATE_CONF.format(d=d, port=port, up=up, per_ip=SESSIONS + 100))
+        f.write(template.format(d=d, port=port, up=up, per_ip=SESSIONS + 100, **extra))
     chk = subprocess.run([binary, "-t", "-c", conf], capture_output=True, text=True,
                          timeout=IO_TIMEOUT)
     if chk.returncode != 0:
@@ -629,14 +736,18 @@ def bench_small(direct, proxy, small):
     return {"seq": paired(seq) + (seq,), "pipe": paired(pipe) + (pipe,)}
 
 
-def open_sessions(port, count, batch=50):
+def open_sessions(port, count, batch=50, factory=None):
     """count logged-in sessions, opened batch at a time (USER and PASS
-    pipelined after the greeting). Returns the open clients."""
+    pipelined after the greeting). factory(port) makes a client (default:
+    Client). Returns the open clients."""
+    factory = factory or Client
     clients = []
     try:
         while len(clients) < count:
-            group = [Client(port) for _ in range(min(batch, count - len(clients)))]
-            clients.extend(group)
+            group = []
+            for _ in range(min(batch, count - len(clients))):
+                group.append(factory(port))
+                clients.append(group[-1])
             for c in group:
                 c.expect_ok("greeting")
                 c.s.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
@@ -750,6 +861,524 @@ def report(a, b, c, no_proxy):
         log("POPGATE_NO_PROXY=1: the popgate column is Dovecot again (script check only)")
 
 
+# -------------------------------------------------------------------- TLS --
+
+
+def run_cmd(argv, what, cwd=None):
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=IO_TIMEOUT,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        lines = (r.stderr or r.stdout).strip().splitlines()[-4:]
+        raise BenchError(f"{what} failed ({r.returncode}): {' | '.join(lines)}")
+    return r
+
+
+SERVER_EXT = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:{name}, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_certs(tmp):
+    """A test CA and an ECDSA P-256 server certificate for pop.test and
+    127.0.0.1, made with the openssl CLI. Returns the paths: ca, cert, key,
+    and combined (cert then key, for HAProxy's crt)."""
+    d = os.path.join(tmp, "tls")
+    os.makedirs(d)
+    p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    run_cmd(["openssl", "genpkey", *p256, "-out", "ca.key"], "openssl genpkey (CA)", d)
+    run_cmd(["openssl", "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "2",
+             "-subj", "/CN=popgate bench CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-out", "ca.pem"], "openssl req (CA)", d)
+    run_cmd(["openssl", "genpkey", *p256, "-out", "server.key"], "openssl genpkey (server)", d)
+    run_cmd(["openssl", "req", "-new", "-key", "server.key", "-subj", f"/CN={TLS_NAME}",
+             "-out", "server.csr"], "openssl req (server)", d)
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write(SERVER_EXT.format(name=TLS_NAME))
+    run_cmd(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem",
+             "-CAkey", "ca.key", "-set_serial", "0x%x" % int.from_bytes(os.urandom(8), "big"),
+             "-days", "2", "-sha256", "-extfile", "server.ext", "-out", "server.pem"],
+            "openssl x509 (sign)", d)
+    paths = {k: os.path.join(d, f) for k, f in (("ca", "ca.pem"), ("cert", "server.pem"),
+                                                 ("key", "server.key"),
+                                                 ("combined", "combined.pem"))}
+    with open(paths["combined"], "w") as out:
+        for k in ("cert", "key"):
+            with open(paths[k]) as f:
+                out.write(f.read())
+    for k in ("key", "combined"):
+        os.chmod(paths[k], 0o600)
+    os.chmod(os.path.join(d, "ca.key"), 0o600)
+    return paths
+
+
+def force_suite(ctx, suite):
+    """Restrict the client's TLS 1.3 cipher suites to suite, so that all
+    three proxies negotiate the same one (each would pick its own first
+    choice, AES-256-GCM with OpenSSL's defaults; popgate has no setting for
+    TLS 1.3 suites). Python's ssl module has no call for it before 3.13
+    (if any): then OpenSSL's SSL_CTX_set_ciphersuites() is called through
+    ctypes on the context's SSL_CTX, with checks that it is the same libssl
+    and the right pointer. Returns how, or None (left at the defaults: the
+    negotiated suite is printed either way)."""
+    if hasattr(ctx, "set_ciphersuites"):
+        ctx.set_ciphersuites(suite)
+        return "ctx.set_ciphersuites"
+    # PySSLContext starts with PyObject_HEAD, then SSL_CTX *ctx; a debug
+    # build (sys.gettotalrefcount) may have a different header.
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        return None
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
+        lib.OpenSSL_version_num.restype = ctypes.c_ulong
+        if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
+            return None
+        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+        # CERT_REQUIRED = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+        if not ptr or lib.SSL_CTX_get_verify_mode(ptr) != 3:
+            return None
+        lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
+        if lib.SSL_CTX_set_ciphersuites(ptr, suite.encode()) != 1:
+            return None
+        return "SSL_CTX_set_ciphersuites() through ctypes"
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def tls_context(ca):
+    """The client's context: trusts the test CA only, checks the name, TLS
+    1.3 only, no session reuse (a new connection is a full handshake)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx, force_suite(ctx, TLS_SUITE)
+
+
+POPGATE_TLS_CONF = """\
+; Generated by tests/bench/bench.py (TLS part).
+[popgate]
+workers = 1
+log = {d}/popgate.log
+log_level = info
+shutdown_timeout = 5s
+
+[listener:tls]
+bind = 127.0.0.1:{port}
+tls = implicit
+cert = {cert}
+key = {key}
+upstream = dovecot
+max_clients = 10000
+max_clients_per_ip = {per_ip}
+idle_timeout = 10m
+
+[upstream:dovecot]
+server = 127.0.0.1:{up}
+tls = off
+"""
+
+HAPROXY_CONF = """\
+# Generated by tests/bench/bench.py (TLS part). No log directive: nothing logged.
+global
+    nbthread 1
+    maxconn 4000
+
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 15m
+    timeout server 15m
+
+frontend pop3s
+    bind 127.0.0.1:{port} ssl crt {combined}
+    default_backend dovecot
+
+backend dovecot
+    server dovecot 127.0.0.1:{up}
+"""
+
+STUNNEL_CONF = """\
+; Generated by tests/bench/bench.py (TLS part). Logs to stderr at the
+; default level (notice), no syslog, no pid file.
+foreground = yes
+syslog = no
+pid =
+
+[pop3s]
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{up}
+cert = {cert}
+key = {key}
+"""
+
+
+def start_daemon(tmp, sub, name, argv_of_conf, conf_text, port, cpus, check=None):
+    """Write conf_text, optionally run check(conf) (a config test), start the
+    daemon in the foreground with its output in a log file, pinned to cpus,
+    and wait until it listens."""
+    d = os.path.join(tmp, sub)
+    os.makedirs(d)
+    conf = os.path.join(d, f"{sub}.conf")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    if check is not None:
+        run_cmd(check(conf), f"{name} config check")
+    out = open(os.path.join(d, f"{sub}.log"), "wb")
+    proc = subprocess.Popen(argv_of_conf(conf), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=d,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    wait_port(port, proc, name)
+    return proc
+
+
+def tls_versions(binary):
+    def first(argv, pick):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=IO_TIMEOUT)
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+        for ln in (r.stdout + r.stderr).splitlines():
+            v = pick(ln)
+            if v:
+                return v
+        return "?"
+    return {
+        "popgate": first([binary, "-V"], lambda ln: ln.strip() or None),
+        "haproxy": first(["haproxy", "-v"], lambda ln: "HAProxy " + ln.split()[2]
+                         if ln.startswith("HAProxy version") else None),
+        "stunnel": first(["stunnel4", "-version"], lambda ln: " ".join(ln.split()[:2])
+                         if ln.startswith("stunnel ") else None),
+    }
+
+
+def rotated(i):
+    """Order of the proxies in round i: each one goes first in turn."""
+    k = i % len(TLS_PROXIES)
+    return TLS_PROXIES[k:] + TLS_PROXIES[:k]
+
+
+def wait_fds(pid, limit, timeout):
+    """Wait (bounded) until the proxy holds at most limit fds: it has closed
+    both legs of the sessions that ended."""
+    end = time.monotonic() + timeout
+    while proxy_fds(pid) > limit and time.monotonic() < end:
+        time.sleep(0.005)
+
+
+def wait_drained(pids, fds, dovecot_pid, timeout=30):
+    """Wait (bounded) until every proxy is back to its fds and Dovecot's pop3
+    processes are gone."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (all(proxy_fds(pids[n]) <= fds[n] + 5 for n in pids)
+                and children(dovecot_pid) < 20):
+            return
+        time.sleep(0.1)
+
+
+def tls_session(port, ctx):
+    """One whole TLS session: full handshake, USER/PASS, STAT, QUIT."""
+    c = TLSClient(port, ctx)
+    try:
+        if c.s.session_reused:
+            raise BenchError("a TLS session was resumed: expected full handshakes")
+        c.expect_ok("greeting")
+        c.cmd(f"USER {USER}")
+        c.cmd(f"PASS {PASSWORD}")
+        c.cmd("STAT")
+        c.cmd("QUIT")
+    finally:
+        c.close()
+
+
+def tls_idle(ports, pids, ctx, dovecot_pid):
+    """(d) RSS growth per idle logged-in TLS session, one proxy after the
+    other on fresh processes: baseline after 10 warm-up sessions, then
+    TLS_IDLE sessions logged in and idle for 1 s. Returns {name: (KiB per
+    session, before, after, seconds to open)}."""
+    res = {}
+    base_fds = {n: proxy_fds(pids[n]) for n in TLS_PROXIES}
+    factory = lambda port: TLSClient(port, ctx)  # noqa: E731
+    for name in TLS_PROXIES:
+        port, pid = ports[name], pids[name]
+        warm = open_sessions(port, 10, factory=factory)
+        for c in warm:
+            c.cmd("QUIT")
+            c.close()
+        wait_drained(pids, base_fds, dovecot_pid, timeout=10)
+        time.sleep(0.3)
+        before = proxy_rss_kib(pid)
+        t0 = time.perf_counter()
+        clients = open_sessions(port, TLS_IDLE, factory=factory)
+        dt = time.perf_counter() - t0
+        time.sleep(1.0)
+        after = proxy_rss_kib(pid)
+        for c in clients:
+            c.close()
+        res[name] = ((after - before) / TLS_IDLE, before, after, dt)
+        wait_drained(pids, base_fds, dovecot_pid)
+    return res
+
+
+def tls_retr(ports, pids, ctx, big, ref_digest, ref_size):
+    """(a) RETR of the big message over one TLS session per proxy: a warm-up
+    RETR each (checked against the direct RETR's SHA-256), then RUNS rounds
+    of one RETR per proxy, order rotating. Returns per proxy: MB/s and CPU
+    ms/MB per round; the TLS parameters; the client's CPU share."""
+    conns, params = {}, {}
+    try:
+        for name in TLS_PROXIES:
+            c = TLSClient(ports[name], ctx)
+            conns[name] = c
+            c.login()
+            h = hashlib.sha256()
+            n = c.retr_count(big, digest=h)
+            if n != ref_size or h.hexdigest() != ref_digest:
+                raise BenchError(f"the 50 MiB message differs through {name} over TLS"
+                                 f" ({n} bytes, direct {ref_size})")
+            params[name] = (c.s.version(), c.s.cipher()[0])
+        rates = {n: [] for n in TLS_PROXIES}
+        cpu = {n: [] for n in TLS_PROXIES}
+        client_cpu = wall = 0.0
+        for i in range(RUNS):
+            for name in rotated(i):
+                c, pid = conns[name], pids[name]
+                c0 = proxy_cpu_seconds(pid)
+                p0 = time.process_time()
+                t0 = time.perf_counter()
+                n = c.retr_count(big)
+                dt = time.perf_counter() - t0
+                used = proxy_cpu_seconds(pid) - c0
+                client_cpu += time.process_time() - p0
+                wall += dt
+                if n != ref_size:
+                    raise BenchError(f"TLS RETR through {name}: {n} bytes, direct {ref_size}")
+                rates[name].append(n / MB / dt)
+                cpu[name].append(used * 1000 / (n / MB))
+        for c in conns.values():
+            c.cmd("QUIT")
+    finally:
+        for c in conns.values():
+            c.close()
+    return rates, cpu, params, client_cpu / wall
+
+
+def tls_sessions(ports, pids, ctx):
+    """(b) TLS_SESSIONS sequential whole sessions per proxy, in RUNS rounds
+    (order rotating): proxy CPU ms per session, per round. Each round's
+    reading waits until the proxy has closed the last session's sockets."""
+    per_round = TLS_SESSIONS // RUNS
+    for name in TLS_PROXIES:  # warm-up
+        for _ in range(5):
+            tls_session(ports[name], ctx)
+    time.sleep(0.2)
+    fds = {n: proxy_fds(pids[n]) for n in TLS_PROXIES}
+    cpu = {n: [] for n in TLS_PROXIES}
+    wall = {n: [] for n in TLS_PROXIES}
+    for i in range(RUNS):
+        for name in rotated(i):
+            pid = pids[name]
+            c0 = proxy_cpu_seconds(pid)
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                tls_session(ports[name], ctx)
+            dt = time.perf_counter() - t0
+            wait_fds(pid, fds[name], timeout=2)
+            cpu[name].append((proxy_cpu_seconds(pid) - c0) * 1000 / per_round)
+            wall[name].append(dt * 1000 / per_round)
+    return cpu, wall, per_round * RUNS
+
+
+def tls_latency(ports, ctx):
+    """(c) one client's login latency: connect, TLS handshake, greeting,
+    USER, PASS (until +OK), TLS_LAT_SAMPLES times per proxy, interleaved.
+    Returns the samples in ms."""
+    lat = {n: [] for n in TLS_PROXIES}
+    for i in range(TLS_LAT_SAMPLES):
+        for name in rotated(i):
+            t0 = time.perf_counter()
+            c = TLSClient(ports[name], ctx)
+            try:
+                c.expect_ok("greeting")
+                c.cmd(f"USER {USER}")
+                c.cmd(f"PASS {PASSWORD}")
+                lat[name].append((time.perf_counter() - t0) * 1000)
+                c.cmd("QUIT")
+            finally:
+                c.close()
+    return lat
+
+
+def tls_report(vers, how, params, a, b, c, d):
+    rates, cpu_mb, _, client_load = a
+    cpu_s, wall_s, nsess = b
+    med = statistics.median
+
+    def by_round(samples):
+        """popgate / haproxy and popgate / stunnel: medians of the per-round
+        ratios (the rounds are interleaved: a pair sees the same drift)."""
+        return [med(p / o for p, o in zip(samples["popgate"], samples[peer]))
+                for peer in ("haproxy", "stunnel")]
+
+    def of_values(values):
+        return [values["popgate"] / values[peer] if values[peer] > 0 else None
+                for peer in ("haproxy", "stunnel")]
+
+    def row(label, values, fmt, ratios, target, ok):
+        return ([label] + [fmt % values[n] for n in TLS_PROXIES]
+                + ["-" if r is None else f"{r:.2f}x" for r in ratios]
+                + [target, verdict(ok)])
+
+    rows = []
+    m = {n: med(rates[n]) for n in TLS_PROXIES}
+    r = by_round(rates)
+    rows.append(row(f"(a) TLS RETR 50 MiB, MB/s (median of {RUNS})", m, "%.0f", r,
+                    f">= {TARGET_TLS_MBPS_RATIO:.1f}x haproxy", r[0] >= TARGET_TLS_MBPS_RATIO))
+    m = {n: med(cpu_mb[n]) for n in TLS_PROXIES}
+    rows.append(row("(a) proxy CPU per MB", m, "%.3f ms", by_round(cpu_mb),
+                    f"<= {TARGET_TLS_CPU_MS_PER_MB} ms",
+                    m["popgate"] <= TARGET_TLS_CPU_MS_PER_MB))
+    m = {n: med(cpu_s[n]) for n in TLS_PROXIES}
+    rows.append(row(f"(b) proxy CPU per TLS session ({nsess})", m, "%.3f ms",
+                    by_round(cpu_s), f"<= {TARGET_TLS_CPU_MS_PER_SESSION} ms",
+                    m["popgate"] <= TARGET_TLS_CPU_MS_PER_SESSION))
+    m = {n: med(c[n]) for n in TLS_PROXIES}
+    r = of_values(m)
+    rows.append(row(f"(c) login latency, median of {TLS_LAT_SAMPLES}", m, "%.2f ms", r,
+                    f"<= {TARGET_TLS_LATENCY_RATIO}x haproxy",
+                    r[0] <= TARGET_TLS_LATENCY_RATIO))
+    m = {n: d[n][0] for n in TLS_PROXIES}
+    rows.append(row(f"(d) {TLS_IDLE} idle TLS sessions, RSS/session", m, "%.2f KiB",
+                    of_values(m), f"<= {TARGET_TLS_IDLE_KIB:.0f} KiB",
+                    m["popgate"] <= TARGET_TLS_IDLE_KIB))
+    head = ["measure", "popgate", "haproxy", "stunnel", "vs haproxy", "vs stunnel",
+            "target", "result"]
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    fmt = "  ".join("{:<%d}" % w[0] if i == 0 else "{:>%d}" % w[i] for i in range(len(head)))
+    log("")
+    log(fmt.format(*head))
+    log("  ".join("-" * x for x in w))
+    for r in rows:
+        log(fmt.format(*r))
+    log("")
+    suites = {params[n] for n in TLS_PROXIES}
+    log("TLS: " + "; ".join(f"{n} {' '.join(params[n])}" for n in TLS_PROXIES)
+        + (f" (client suites restricted to {TLS_SUITE} with {how})" if how
+           else " (client suites left at OpenSSL's defaults)"))
+    if len(suites) != 1:
+        log("WARNING: the proxies negotiated different TLS parameters: the CPU"
+            " figures are not comparable")
+    log("vs haproxy, vs stunnel = popgate / that proxy: median of the per-round"
+        " ratios for (a) and (b) (rounds interleaved, order rotating); ratio of"
+        " the figures for (c) and (d)")
+
+    def runs(samples, f):
+        return "; ".join(f"{n} {' '.join(f % x for x in samples[n])}" for n in TLS_PROXIES)
+
+    log(f"(a) runs, MB/s: {runs(rates, '%.0f')}; client CPU {100 * client_load:.0f}%"
+        " of wall time (it shares the proxy's CPU)")
+    log(f"(a) runs, proxy CPU ms/MB: {runs(cpu_mb, '%.3f')}")
+    log(f"(b) runs, proxy CPU ms/session: {runs(cpu_s, '%.3f')}; wall ms/session:"
+        f" {runs(wall_s, '%.1f')}")
+    log("(c) p10/p90 ms: " + "; ".join(
+        f"{n} {statistics.quantiles(c[n], n=10)[0]:.2f}/{statistics.quantiles(c[n], n=10)[-1]:.2f}"
+        for n in TLS_PROXIES))
+    log("(d) VmRSS KiB before -> after: " + "; ".join(
+        f"{n} {d[n][1]} -> {d[n][2]} (opened in {d[n][3]:.1f} s)" for n in TLS_PROXIES))
+    log(TLS_REFERENCE)
+    log("versions: " + ", ".join(vers[n] for n in TLS_PROXIES))
+
+
+def aes_gcm_ms_per_mb():
+    """CPU ms per MB that AES-128-GCM alone costs on the client's CPU
+    (openssl speed, 16 KiB blocks, 1 s): the encryption part of a TLS
+    relay's floor. None when it cannot be measured."""
+    try:
+        r = subprocess.run(["openssl", "speed", "-evp", "aes-128-gcm", "-seconds", "1",
+                            "-bytes", "16384"], capture_output=True, text=True,
+                           timeout=IO_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for ln in r.stdout.splitlines():
+        f = ln.split()
+        if len(f) == 2 and f[0].upper() == "AES-128-GCM" and f[1].endswith("k"):
+            try:
+                rate = float(f[1][:-1]) * 1000  # bytes per second
+            except ValueError:
+                return None
+            return 1000 * MB / rate if rate > 0 else None
+    return None
+
+
+def run_tls(tmp, binary, dport, dovecot, big, pin, procs, floor_ms=None):
+    """The TLS part. procs gets the started daemons (stopped by main)."""
+    t0 = time.monotonic()
+    certs = make_certs(tmp)
+    cpus = pin[1] if pin else None
+    ports = {n: free_port() for n in TLS_PROXIES}
+    procs["popgate-tls"] = start_popgate(
+        tmp, binary, ports["popgate"], dport, cpus, sub="popgate-tls",
+        template=POPGATE_TLS_CONF, cert=certs["cert"], key=certs["key"])
+    procs["haproxy"] = start_daemon(
+        tmp, "haproxy", "haproxy", lambda conf: ["haproxy", "-db", "-f", conf],
+        HAPROXY_CONF.format(port=ports["haproxy"], up=dport, combined=certs["combined"]),
+        ports["haproxy"], cpus, check=lambda conf: ["haproxy", "-c", "-f", conf])
+    procs["stunnel"] = start_daemon(
+        tmp, "stunnel", "stunnel", lambda conf: ["stunnel4", conf],
+        STUNNEL_CONF.format(port=ports["stunnel"], up=dport, cert=certs["cert"],
+                            key=certs["key"]),
+        ports["stunnel"], cpus)
+    pids = {"popgate": procs["popgate-tls"].pid, "haproxy": procs["haproxy"].pid,
+            "stunnel": procs["stunnel"].pid}
+    vers = tls_versions(binary)
+    ctx, how = tls_context(certs["ca"])
+    log("")
+    log(f"TLS: {vers['popgate']} on :{ports['popgate']} (tls = implicit), {vers['haproxy']}"
+        f" on :{ports['haproxy']} (mode tcp, nbthread 1), {vers['stunnel']} on"
+        f" :{ports['stunnel']}; ECDSA P-256 certificate; all in front of Dovecot :{dport}")
+    if pin:
+        log("CPUs: client %s, popgate/haproxy/stunnel %s, dovecot %s"
+            % tuple(",".join(map(str, sorted(x))) for x in pin))
+
+    c = Client(dport)  # the reference: the message as Dovecot sends it
+    c.login()
+    h = hashlib.sha256()
+    ref_size = c.retr_count(big, digest=h)
+    c.cmd("QUIT")
+    c.close()
+
+    log(f"(d) {TLS_IDLE} idle TLS sessions through each proxy ...")
+    d = tls_idle(ports, pids, ctx, dovecot.pid)
+    log("(a) TLS RETR 50 MiB through each proxy ...")
+    a = tls_retr(ports, pids, ctx, big, h.hexdigest(), ref_size)
+    log(f"(b) {TLS_SESSIONS} TLS sessions through each proxy ...")
+    b = tls_sessions(ports, pids, ctx)
+    log(f"(c) {TLS_LAT_SAMPLES} logins through each proxy ...")
+    c = tls_latency(ports, ctx)
+    for name, p in list(procs.items()) + [("dovecot", dovecot)]:
+        if p.poll() is not None:
+            raise BenchError(f"{name} died during the TLS part (exit {p.returncode})")
+    tls_report(vers, how, a[2], a, b, c, d)
+    aes = aes_gcm_ms_per_mb()
+    if aes is not None:
+        msg = (f"(a) on this CPU AES-128-GCM alone costs {aes:.3f} ms/MB ({MB / aes / 1e6:.2f}"
+               " GB/s, openssl speed)")
+        if floor_ms is not None:
+            msg += (f"; with the plaintext part's socat relay ({floor_ms:.3f} ms/MB), a TLS"
+                    f" relay's floor is about {floor_ms + aes:.2f} ms/MB")
+        log(msg)
+    log(f"TLS part took {time.monotonic() - t0:.0f} s")
+
+
 # -------------------------------------------------------------------- main --
 
 
@@ -759,6 +1388,10 @@ def alarm(signum, frame):
 
 def main():
     no_proxy = os.environ.get("POPGATE_NO_PROXY") == "1"
+    plain = os.environ.get("BENCH_PLAIN", "1") != "0"
+    # The TLS part compares popgate with HAProxy and stunnel: nothing to
+    # compare without popgate.
+    tls = os.environ.get("BENCH_TLS", "1") != "0" and not no_proxy
     binary = os.environ.get("POPGATE_BIN", "build/popgate")
     if not os.path.isabs(binary):
         binary = os.path.join(REPO, binary)
@@ -771,14 +1404,21 @@ def main():
     if not os.path.exists("/usr/sbin/dovecot"):
         log("bench: /usr/sbin/dovecot missing: run scripts/deps.sh")
         return 2
+    if tls:
+        missing = [t for t in ("haproxy", "stunnel4", "openssl") if shutil.which(t) is None]
+        if missing:
+            log(f"bench: {', '.join(missing)} missing: run scripts/deps.sh"
+                " (or BENCH_TLS=0 to skip the TLS part)")
+            return 2
 
     signal.signal(signal.SIGALRM, alarm)
     signal.signal(signal.SIGTERM, alarm)
-    signal.alarm(TIME_LIMIT)
+    limit = (TIME_LIMIT if plain else 0) + (TLS_TIME_LIMIT if tls else 0)
+    signal.alarm(limit or TIME_LIMIT)
     raise_fd_limit()
     tmp = tempfile.mkdtemp(prefix="popgate-bench.")
     os.chmod(tmp, 0o755)  # Dovecot's mail (uid 8) and auth processes walk in
-    dovecot = popgate = None
+    procs = {}  # name -> Popen: checked on failure, stopped at the end
     t_start = time.monotonic()
     try:
         pin = placement()
@@ -786,15 +1426,18 @@ def main():
         home = os.path.join(tmp, "mail", USER)
         os.makedirs(home)
         write_mailbox(home)
-        dovecot = start_dovecot(tmp, dport, home, pin[2] if pin else None)
+        dovecot = procs["dovecot"] = start_dovecot(tmp, dport, home, pin[2] if pin else None)
         ver = subprocess.run(["/usr/sbin/dovecot", "--version"], capture_output=True,
                              text=True).stdout.split()[0]
         if no_proxy:
             pport, pid, pver = dport, None, "popgate: none (POPGATE_NO_PROXY=1)"
         else:
             pport = free_port()
-            popgate = start_popgate(tmp, binary, pport, dport, pin[1] if pin else None)
-            pid = popgate.pid
+            popgate = None
+            if plain:
+                popgate = procs["popgate"] = start_popgate(tmp, binary, pport, dport,
+                                                           pin[1] if pin else None)
+            pid = popgate.pid if popgate else None
             v = subprocess.run([binary, "-V"], capture_output=True, text=True,
                                timeout=IO_TIMEOUT)
             pver = (v.stdout or v.stderr).strip().splitlines()[0] if (v.stdout or v.stderr) else "?"
@@ -815,34 +1458,49 @@ def main():
             f" client: raw sockets, recv_into 4 MiB")
 
         big, small = locate(dport)
-        log(f"(c) {SESSIONS} idle sessions through popgate ...")
-        c = bench_sessions(pport, pid, dovecot.pid)
-        log("(a) RETR 50 MiB, direct and through popgate ...")
-        floor = None
-        if pid is not None:
-            fport = free_port()
-            socat = start_floor(tmp, fport, dport, pin[1] if pin else None)
-            if socat is not None:
-                floor = (fport, socat.pid)
-        a = bench_big(dport, pport, big, pid, floor)
-        if floor is not None:
-            stop(socat, "socat")
-        log(f"(b) {SMALL_COUNT} RETR 4 KiB, direct and through popgate ...")
-        b = bench_small(dport, pport, small)
-        for p, name in ((dovecot, "dovecot"), (popgate, "popgate")):
-            if p is not None and p.poll() is not None:
-                raise BenchError(f"{name} died during the bench (exit {p.returncode})")
-        report(a, b, c, no_proxy)
+        if plain:
+            log(f"(c) {SESSIONS} idle sessions through popgate ...")
+            c = bench_sessions(pport, pid, dovecot.pid)
+            log("(a) RETR 50 MiB, direct and through popgate ...")
+            floor = None
+            if pid is not None:
+                fport = free_port()
+                socat = start_floor(tmp, fport, dport, pin[1] if pin else None)
+                if socat is not None:
+                    procs["socat"] = socat
+                    floor = (fport, socat.pid)
+            a = bench_big(dport, pport, big, pid, floor)
+            if floor is not None:
+                stop(procs.pop("socat"), "socat")
+            log(f"(b) {SMALL_COUNT} RETR 4 KiB, direct and through popgate ...")
+            b = bench_small(dport, pport, small)
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    raise BenchError(f"{name} died during the bench (exit {p.returncode})")
+            report(a, b, c, no_proxy)
+            floor_ms = a[6]
+            # The TLS part starts its own popgate: this one would only idle.
+            if "popgate" in procs:
+                stop(procs.pop("popgate"), "popgate")
+        else:
+            floor_ms = None
+            log("BENCH_PLAIN=0: plaintext part skipped")
+        if tls:
+            run_tls(tmp, binary, dport, dovecot, big, pin, procs, floor_ms)
+        elif not no_proxy:
+            log("BENCH_TLS=0: TLS part skipped")
         log(f"bench took {time.monotonic() - t_start:.0f} s; logs in {tmp}"
             if os.environ.get("BENCH_KEEP") == "1"
             else f"bench took {time.monotonic() - t_start:.0f} s")
         return 0
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         log(f"bench: broken: {e}")
-        for p, name in ((dovecot, "dovecot"), (popgate, "popgate")):
-            if p is not None and p.poll() is not None:
+        for name, p in procs.items():
+            if p.poll() is not None:
                 log(f"bench: {name} exited with {p.returncode}")
-        for f in ("popgate/stderr.log", "popgate/popgate.log", "dovecot/dovecot.log"):
+        for f in ("popgate/stderr.log", "popgate/popgate.log", "dovecot/dovecot.log",
+                  "popgate-tls/stderr.log", "popgate-tls/popgate.log",
+                  "haproxy/haproxy.log", "stunnel/stunnel.log"):
             path = os.path.join(tmp, f)
             if os.path.exists(path):
                 with open(path, errors="replace") as fh:
@@ -854,13 +1512,13 @@ def main():
         return 1
     finally:
         signal.alarm(0)
-        stop(popgate, "popgate")
-        stop(dovecot, "dovecot")
+        # Proxies first, Dovecot last.
+        for name in sorted(procs, key=lambda n: n == "dovecot"):
+            stop(procs[name], name)
         if os.environ.get("BENCH_KEEP") == "1":
             log(f"(kept {tmp})")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())
