@@ -205,20 +205,33 @@ class Dovecot:
             self._next_scratch += 1
             user = "scratch%03d" % self._next_scratch
         self.add_user(user, "pw" + user, names or corpus_mod.SMALL)
-        # Dovecot re-reads passwd-file at most once a second: wait until
-        # the new user can log in.
+        self.wait_login(user, "pw" + user)
+        return user, "pw" + user
+
+    def wait_login(self, user, password):
+        """Dovecot re-reads passwd-file at most once a second: wait until
+        a new user can log in (and that session's end is logged)."""
         end = time.monotonic() + 5
         while True:
             with self.connect() as c:
                 if c.cmd("USER " + user).startswith(b"+OK") and \
-                        c.cmd("PASS pw" + user).startswith(b"+OK"):
+                        c.cmd("PASS " + password).startswith(b"+OK"):
                     c.cmd("QUIT")
                     break
             if time.monotonic() > end:
                 raise RuntimeError("dovecot does not know new user %s" % user)
             time.sleep(0.2)
         self.wait_user_disconnected(user, 1)
-        return user, "pw" + user
+
+    def store_path(self, name):
+        """Where add_user() takes message `name` from (write it there
+        first for messages that are not in the corpus)."""
+        return os.path.join(self.store, name)
+
+    def store_message(self, name, data):
+        assert not os.path.exists(self.store_path(name)), name
+        with open(self.store_path(name), "wb") as f:
+            f.write(data)
 
     # -- process -----------------------------------------------------------
     def start(self):
@@ -293,6 +306,11 @@ def corpus():
 
 @pytest.fixture(scope="session")
 def dovecot(corpus):
+    if os.geteuid() != 0:
+        pytest.fail("the integration suite runs as root: it starts its own Dovecot, "
+                    "whose maildirs belong to uid/gid mail (8)", pytrace=False)
+    if not os.path.exists("/usr/sbin/dovecot"):
+        pytest.fail("dovecot is not installed (scripts/deps.sh)", pytrace=False)
     d = Dovecot(corpus)
     try:
         d.prepare()

@@ -1,5 +1,6 @@
 """Bad input from clients and from upstreams (security.md 2.6-2.13)."""
 
+import base64
 import socket
 import time
 
@@ -22,7 +23,7 @@ def in_sync(c, fake=None):
     is pending)."""
     st = c.cmd("NOOP")
     assert st.startswith(b"+OK"), "NOOP after bad input: %r" % st
-    c.settimeout(0.3)
+    c.settimeout(0.15)
     try:
         extra = c.sock.recv(4096)
     except socket.timeout:
@@ -500,6 +501,30 @@ def test_upstream_dot_stuffing_roundtrip(proxy_to_fake):
     c.quit()
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_upstream_stuffed_response_split_everywhere(size, proxy_to_fake):
+    """Terminators, stuffed dots and CRLFs split across reads."""
+    msg = b"Subject: split\r\n\r\n.\r\n..\r\n.x\r\n\r\n.\r\nend\r\n"
+    block = stuff_block(msg)
+    capa = b"+OK\r\nTOP\r\nUSER\r\nPIPELINING\r\n.\r\n"
+    p, f = proxy_to_fake(on={b"RETR 1": [Pieces(b"+OK %d octets\r\n" % len(msg) + block, size)],
+                             b"CAPA": [Pieces(capa, size)],
+                             b"LIST": [Pieces(b"+OK\r\n1 10\r\n2 20\r\n.\r\n", size)]})
+    c = p.session()
+    c.send(b"RETR 1\r\nCAPA\r\nLIST\r\nRETR 1\r\n")
+    assert c.readline().startswith(b"+OK")
+    assert c.read_multi() == block
+    assert c.readline().startswith(b"+OK")
+    caps = c.read_multi()
+    assert b"TOP\r\n" in caps and b"PIPELINING\r\n" in caps
+    assert c.readline().startswith(b"+OK")
+    assert c.read_multi() == b"1 10\r\n2 20\r\n.\r\n"
+    assert c.readline().startswith(b"+OK")
+    assert c.read_multi() == block
+    in_sync(c)
+    c.quit()
+
+
 def test_upstream_response_in_pieces(proxy_to_fake):
     msg = sample_message(1, lines=200)
     data = b"+OK %d octets\r\n" % len(msg) + stuff_block(msg)
@@ -511,11 +536,17 @@ def test_upstream_response_in_pieces(proxy_to_fake):
     c.quit()
 
 
-@pytest.mark.parametrize("when", ["after-noop", "idle", "with-greeting"])
+@pytest.mark.parametrize("when", ["after-noop", "same-segment", "after-multiline", "idle",
+                                  "with-greeting"])
 def test_unsolicited_upstream_bytes_close_session(when, proxy_to_fake):
     kw = {}
     if when == "after-noop":
         kw["on"] = {b"NOOP": [b"+OK\r\n", Sleep(0.3), b"+OK surprise\r\n", STALL]}
+    elif when == "same-segment":
+        kw["on"] = {b"NOOP": [b"+OK\r\n+OK surprise\r\n", STALL]}
+    elif when == "after-multiline":
+        kw["on"] = {b"NOOP": [b"+OK\r\n"],
+                    b"LIST": [b"+OK\r\n1 10\r\n.\r\n+OK surprise\r\n", STALL]}
     elif when == "idle":
         kw["on"] = {b"PASS": [b"+OK Logged in.\r\n", Sleep(0.5),
                               b"+OK\r\n1 100\r\n.\r\n", STALL]}
@@ -530,8 +561,98 @@ def test_unsolicited_upstream_bytes_close_session(when, proxy_to_fake):
         assert f.conns and "USER" not in " ".join(f.conns[0].commands())
         return
     c = p.session()
-    if when == "after-noop":
+    if when in ("after-noop", "same-segment"):
         assert c.cmd("NOOP").startswith(b"+OK")
+    elif when == "after-multiline":
+        c.send(b"LIST\r\n")
     closed, extra = c.is_closed(5)
     assert closed, "session not closed after unsolicited upstream bytes"
     assert b"surprise" not in extra and b"1 100" not in extra, extra
+
+
+# ---------------------------------------------------------------------------
+# more client-side oddities
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line", [b"", b" ", b" NOOP", b"NOOP\t", b"NOOP ", b"STAT  ",
+                                  b"LIST ", b"RETR  1", b"RETR 1 ", b"TOP 1 0 ", b"NOOP x"],
+                         ids=["empty", "space", "lead-space", "tab", "trail-space",
+                              "two-trail", "list-trail", "double-space", "retr-trail",
+                              "top-trail", "noop-arg"])
+def test_spacing_variants_canonical_or_refused(line, proxy_to_fake):
+    """Whatever the proxy does with odd spacing, what reaches the upstream
+    is a canonical line (keyword, single spaces, no trailing blank)."""
+    p, f = proxy_to_fake()
+    c = p.session()
+    c.send(line + b"\r\n")
+    st = c.readline()
+    assert st.startswith((b"+OK", b"-ERR")), st
+    if st.startswith(b"+OK") and line.split() and line.split()[0] in (b"LIST", b"RETR", b"TOP") \
+            and not (line.split()[0] == b"LIST" and len(line.split()) > 1):
+        c.read_multi()
+    in_sync(c)
+    fwd = f.conns[0].lines[2:-1]          # after USER/PASS, before the NOOP
+    for ln in fwd:
+        body = ln[:-2]
+        assert ln.endswith(b"\r\n") and b"\t" not in body and b"  " not in body \
+            and not body.startswith(b" ") and not body.endswith(b" "), \
+            "non-canonical line forwarded: %r" % ln
+    c.quit()
+
+
+def test_nothing_forwarded_after_quit(proxy_to_fake):
+    p, f = proxy_to_fake(on={b"QUIT": [b"+OK bye\r\n", STALL]})
+    c = p.session()
+    c.send(b"QUIT\r\nRETR 1\r\nDELE 1\r\nNOOP\r\n")
+    st = c.readline()
+    assert st == b"+OK bye\r\n", st
+    closed, extra = c.is_closed(5)
+    assert closed, "client connection not closed after QUIT was answered"
+    assert extra == b"", extra
+    f.wait_closed(f.conns[0], 5)
+    assert f.conns[0].commands()[2:] == ["QUIT"], f.conns[0].commands()
+
+
+def test_upstream_closes_while_idle(proxy_to_fake):
+    p, f = proxy_to_fake(on={b"PASS": [b"+OK Logged in.\r\n", Sleep(0.3), CLOSE]})
+    c = p.session()
+    closed, extra = c.is_closed(5)
+    assert closed, "client left open after its upstream went away"
+    assert not extra.startswith(b"+OK"), extra
+
+
+def test_greeting_relayed_byte_exact(proxy_to_fake):
+    g = b"+OK POP3 ready at 42 <8282.1@host.example> [SYS/TEST] \xc3\xa9 x\r\n"
+    p, f = proxy_to_fake(greeting=g)
+    c = p.connect()
+    assert c.greeting == g
+
+
+@pytest.mark.parametrize("how", ["user-pass", "auth-plain"])
+def test_brute_force_on_one_connection_is_cut(how, proxy_to_fake):
+    """security.md 2.13: 50 wrong passwords on one connection end in a
+    close. Dovecot 2.3 itself never closes (checked: 12 failures in a row
+    were all answered), so the proxy must count failed logins; here the
+    fake upstream answers every login with -ERR at once."""
+    bad = [b"-ERR [AUTH] Authentication failed.\r\n"]
+    p, f = proxy_to_fake(on={b"PASS": bad, b"AUTH": bad})
+    c = p.connect()
+    answered = 0
+    closed = False
+    try:
+        for i in range(50):
+            if how == "user-pass":
+                c.send(b"USER alice\r\nPASS wrong%d\r\n" % i)
+                assert c.readline().startswith((b"+OK", b"-ERR"))
+            else:
+                c.send(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0wrong%d" % i) + b"\r\n")
+            st = c.readline()
+            assert not st.startswith(b"+OK"), st
+            answered += 1
+        closed, _ = c.is_closed(3)
+    except Closed:
+        closed = True
+    finally:
+        c.close()
+    assert closed and answered < 50, \
+        "%d wrong passwords on one connection were all answered" % answered

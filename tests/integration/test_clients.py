@@ -216,7 +216,10 @@ def fetchmail_fetch(port, workdir, user="alice", password="secret"):
                 % (port, user, password, mda))
     os.chmod(rc, 0o600)
     env = dict(os.environ, FETCHMAILHOME=workdir, HOME=workdir)
-    r = subprocess.run([FETCHMAIL, "-f", rc, "--nodetach", "--nosyslog", "-v"],
+    # own pid file: as root fetchmail would use /var/run/fetchmail.pid and
+    # refuse to run beside any other fetchmail on the machine
+    r = subprocess.run([FETCHMAIL, "-f", rc, "--nodetach", "--nosyslog", "-v",
+                        "--pidfile", os.path.join(workdir, "fetchmail.pid")],
                        capture_output=True, timeout=180, env=env)
     msgs = []
     for fn in sorted(os.listdir(out)):

@@ -554,3 +554,65 @@ def test_pipelined_flood_without_reading(popgate_factory, direct, mailbox):
     assert bytes(got) == want * count + b"+OK\r\n"
     assert (peak - base) / 1024.0 < 40, "RSS grew %d KiB with a flood of unread answers" % (peak - base)
     c.quit()
+
+
+# ---------------------------------------------------------------------------
+# churn: no descriptor leak
+# ---------------------------------------------------------------------------
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@pytest.mark.slow
+def test_no_fd_leak_after_churn(popgate_factory, fake_upstream):
+    """Sessions ended every possible way leave no descriptor behind."""
+    import struct
+    from fakeupstream import CLOSE, STALL
+    f = fake_upstream(on={b"RETR 3": [b"+OK\r\nhalf\r\n", CLOSE], b"TOP": [STALL]})
+    p = popgate_factory(servers=[("127.0.0.1", f.port)], upstream={"timeout": "1s"},
+                        listener={"max_errors": 2})
+    time.sleep(0.3)
+    base = fd_count(p.pid)
+
+    def rst(sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    for i in range(40):
+        kind = i % 8
+        c = p.connect(timeout=10)
+        if kind == 0:
+            c.login()
+            c.quit()
+        elif kind == 1:
+            c.close()                                  # EOF right after the greeting
+        elif kind == 2:
+            rst(c.sock)                                # RST
+        elif kind == 3:
+            c.login()
+            c.send(b"RETR 1\r\n")
+            c.readline()
+            rst(c.sock)                                # RST mid-response
+        elif kind == 4:
+            c.login()
+            c.send(b"RETR 3\r\n")
+            c.read_until_close(timeout=10)            # upstream gone mid-response
+        elif kind == 5:
+            c.send(b"LAST\r\nLAST\r\nLAST\r\n")
+            c.read_until_close(timeout=10)            # max_errors
+        elif kind == 6:
+            c.send(b"USER " + b"x" * 300 + b"\r\n")
+            c.read_until_close(timeout=10)            # overlong
+        else:
+            c.login()
+            c.send(b"TOP 1 0\r\n")
+            c.read_until_close(timeout=10)            # upstream timeout
+    end = time.monotonic() + 10
+    while fd_count(p.pid) > base + 2 and time.monotonic() < end:
+        time.sleep(0.2)
+    assert fd_count(p.pid) <= base + 2, "popgate holds %d descriptors, %d before the churn: %s" % (
+        fd_count(p.pid), base, sorted(os.readlink("/proc/%d/fd/%s" % (p.pid, x))
+                                      for x in os.listdir("/proc/%d/fd" % p.pid))[:40])
+    c = p.session()
+    c.quit()
