@@ -34,13 +34,23 @@ static int take_tls_out(struct px_conn *c)
  * delivered now, even if the owner stops reading meanwhile: what one read
  * brought is bounded by the slab, and nothing is left behind in OpenSSL
  * that no later read event would come for. */
+/* Ciphertext is fed to OpenSSL in slices of about a record, each drained
+ * before the next: its read buffer then stays near one record however
+ * large the read. The plaintext goes to the slab, behind the slice. */
+#define PX_TLS_FEED_SLICE (17 * 1024)
+
 static void tls_input(struct px_conn *c, size_t n)
 {
   struct px_tls *t = c->tls;
+  size_t fed = 0;
   int rc;
 
   c->ops->hold(c);
-  rc = px_tls_feed(t, c->slab, n);
+next_slice : {
+  size_t slice = n - fed < PX_TLS_FEED_SLICE ? n - fed : PX_TLS_FEED_SLICE;
+  rc = px_tls_feed(t, c->slab + fed, slice);
+  fed += slice;
+}
   if (rc < 0) {
     c->ops->read(c, NULL, rc);
     goto out;
@@ -57,6 +67,8 @@ static void tls_input(struct px_conn *c, size_t n)
     }
     if (rc == 0) {
       px_conn_flush(c);
+      if (fed < n)
+        goto next_slice;
       goto out;
     }
     c->ops->tls_ready(c);
@@ -64,7 +76,9 @@ static void tls_input(struct px_conn *c, size_t n)
       goto out;
   }
   for (;;) {
-    ssize_t m = px_tls_read(t, c->slab, c->slabsz);
+    /* Plaintext lands in the slab before the unfed ciphertext: a slice's
+     * plaintext is never longer than the slice. */
+    ssize_t m = px_tls_read(t, c->slab, fed);
     if (take_tls_out(c) < 0)
       m = UV_ENOMEM;
     if (m == 0)
@@ -74,10 +88,14 @@ static void tls_input(struct px_conn *c, size_t n)
       goto out;
     }
     c->ops->read(c, c->slab, m);
-    if (!c->open)
+    if (!c->open || c->tls != t)
       goto out;
   }
+  if (fed < n)
+    goto next_slice;
   px_conn_flush(c); /* tickets, KeyUpdate answers */
+  if (px_conn_pending(c) == 0)
+    px_tls_trim(t);
 out:
   c->ops->release(c);
 }

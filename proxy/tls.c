@@ -26,10 +26,11 @@
   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                 \
   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
-/* A memory BIO keeps the largest buffer it ever held: after one 256 KiB
- * read, every idle session would keep 256 KiB. Emptied BIOs above this
- * size are replaced by fresh ones. */
-#define PX_TLS_BIO_KEEP (16 * 1024)
+/* A memory BIO keeps the largest buffer it ever held. conn.c feeds and
+ * drains in slices of about a record, and px_tls_trim() replaces an empty
+ * BIO above this size when the leg goes idle, so that idle sessions hold
+ * little and busy ones do not churn buffers. */
+#define PX_TLS_BIO_KEEP (4 * 1024)
 
 /* RFC 2595 and the IANA ALPN registry: "pop3". */
 static const unsigned char alpn_pop3[] = { 4, 'p', 'o', 'p', '3' };
@@ -136,6 +137,9 @@ static SSL_CTX *server_ctx(const struct px_conf *c,
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+  /* One TLS 1.3 ticket is enough to resume; the default two cost every
+   * handshake a second one. */
+  SSL_CTX_set_num_tickets(ctx, 1);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
   if (SSL_CTX_set_cipher_list(
           ctx, cl->ciphers != NULL ? cl->ciphers : PX_DEFAULT_CIPHERS) != 1) {
@@ -484,10 +488,8 @@ ssize_t px_tls_read(struct px_tls *t, void *pt, size_t cap)
   if (r > 0)
     return r;
   e = SSL_get_error(t->ssl, r);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    trim_bio(t, 0);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
     return 0;
-  }
   if (e == SSL_ERROR_ZERO_RETURN)
     return UV_EOF;
   return fail(t);
@@ -527,8 +529,13 @@ size_t px_tls_take_out(struct px_tls *t, void *ct, size_t cap)
 {
   int r = BIO_read(t->wbio, ct, cap > (1u << 30) ? 1 << 30 : (int)cap);
 
-  trim_bio(t, 1); /* only once it is empty */
   return r > 0 ? (size_t)r : 0;
+}
+
+void px_tls_trim(struct px_tls *t)
+{
+  trim_bio(t, 0);
+  trim_bio(t, 1);
 }
 
 int px_tls_done(const struct px_tls *t)

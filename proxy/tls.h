@@ -77,6 +77,9 @@ void px_tls_shutdown(struct px_tls *t);
 size_t px_tls_pending_out(const struct px_tls *t);
 size_t px_tls_take_out(struct px_tls *t, void *ct, size_t cap);
 
+/* Gives back the memory of emptied buffers; for a leg that went idle. */
+void px_tls_trim(struct px_tls *t);
+
 int px_tls_done(const struct px_tls *t);
 /* Why the last call failed (OpenSSL's reason, or the certificate check's). */
 const char *px_tls_error(const struct px_tls *t);
