@@ -25,6 +25,14 @@
  * also judges a cipher list here (on a throwaway context). What a listener's
  * tls mode implies (cert and key pairs, require_tls) is checked in finish().
  * A valid file may still earn warnings (px_conf_warnings), which -t prints.
+ *
+ * Filters. A [filter:NAME] section takes the keys of every filter type; a
+ * key's row says which types it belongs to (KEY_T_*), and finish() checks
+ * them against the section's type, because type may come after them. It
+ * also resolves each listener's filters = list into pointers to
+ * c->filters (which grows while parsing, so not earlier), and checks
+ * spool_dir only when some listener filters: a file without filters must
+ * not depend on a spool directory.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -47,6 +55,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* The largest file read. Far more than any real configuration; stops
@@ -90,6 +99,22 @@ _Static_assert(sizeof px_log_level_names / sizeof *px_log_level_names ==
                    PX_LOG_COUNT,
                "px_log_level_names out of sync");
 
+const char *const px_filter_type_names[] = { "clamav", "clamd", "command",
+                                             "header" };
+_Static_assert(sizeof px_filter_type_names / sizeof *px_filter_type_names ==
+                   PX_FLT_COUNT,
+               "px_filter_type_names out of sync");
+
+const char *const px_on_virus_names[] = { "replace", "tag", "reject" };
+_Static_assert(sizeof px_on_virus_names / sizeof *px_on_virus_names ==
+                   PX_ONV_COUNT,
+               "px_on_virus_names out of sync");
+
+const char *const px_on_error_names[] = { "tempfail", "pass" };
+_Static_assert(sizeof px_on_error_names / sizeof *px_on_error_names ==
+                   PX_ONE_COUNT,
+               "px_on_error_names out of sync");
+
 /* The kinds of section. SEC_NONE: before the first header. SEC_SKIP: after a
  * header that was itself an error; its keys are ignored without further
  * messages, which would only repeat the first one. */
@@ -98,11 +123,12 @@ enum sec_kind {
   SEC_MAIN,
   SEC_LISTENER,
   SEC_UPSTREAM,
+  SEC_FILTER,
   SEC_SKIP,
   SEC_COUNT
 };
-static const char *const sec_kind_names[] = { "", "popgate", "listener",
-                                              "upstream", "" };
+static const char *const sec_kind_names[] = { "",         "popgate", "listener",
+                                              "upstream", "filter",  "" };
 _Static_assert(sizeof sec_kind_names / sizeof *sec_kind_names == SEC_COUNT,
                "sec_kind_names out of sync");
 
@@ -120,7 +146,15 @@ enum {
   KEY_REQUIRED = 1 << 1,   /* the section is incomplete without it */
   KEY_IP_ONLY = 1 << 2,    /* host:port whose host must be an IP literal */
   KEY_EMPTY_OK = 1 << 3,   /* "key =" is a valid, empty value */
+  /* [filter:NAME] keys: the types they belong to (none: every type). With
+   * KEY_REQUIRED, required for those types only. */
+  KEY_T_CLAMAV = 1 << (8 + PX_FLT_CLAMAV),
+  KEY_T_CLAMD = 1 << (8 + PX_FLT_CLAMD),
+  KEY_T_COMMAND = 1 << (8 + PX_FLT_COMMAND),
+  KEY_T_HEADER = 1 << (8 + PX_FLT_HEADER),
 };
+#define KEY_T(type) (1u << (8 + (type)))
+#define KEY_T_ALL   (KEY_T(PX_FLT_COUNT) - KEY_T(0))
 
 struct key_def {
   const char *name;
@@ -133,8 +167,8 @@ struct key_def {
   const char *min_why; /* replaces "out of range" below min */
 };
 
-static int p_workers(struct loader *, const struct key_def *, const char *,
-                     void *);
+static int p_auto_uint(struct loader *, const struct key_def *, const char *,
+                       void *);
 static int p_user(struct loader *, const struct key_def *, const char *,
                   void *);
 static int p_log(struct loader *, const struct key_def *, const char *, void *);
@@ -146,6 +180,8 @@ static int p_uint(struct loader *, const struct key_def *, const char *,
                   void *);
 static int p_size(struct loader *, const struct key_def *, const char *,
                   void *);
+static int p_size64(struct loader *, const struct key_def *, const char *,
+                    void *);
 static int p_tls(struct loader *, const struct key_def *, const char *, void *);
 static int p_bool(struct loader *, const struct key_def *, const char *,
                   void *);
@@ -165,28 +201,58 @@ static int p_hostport(struct loader *, const struct key_def *, const char *,
 static int p_hostport_list(struct loader *, const struct key_def *,
                            const char *, void *);
 static int p_ref(struct loader *, const struct key_def *, const char *, void *);
+static int p_ref_list(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_dir_path(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_dir(struct loader *, const struct key_def *, const char *, void *);
+static int p_filter_type(struct loader *, const struct key_def *, const char *,
+                         void *);
+static int p_on_virus(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_on_error(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_database(struct loader *, const struct key_def *, const char *,
+                      void *);
+static int p_socket(struct loader *, const struct key_def *, const char *,
+                    void *);
+static int p_command(struct loader *, const struct key_def *, const char *,
+                     void *);
+static int p_header_add(struct loader *, const struct key_def *, const char *,
+                        void *);
 
 #define M(f)  offsetof(struct px_conf, f)
 #define L_(f) offsetof(struct px_conf_listener, f)
 #define U(f)  offsetof(struct px_conf_upstream, f)
+#define F(f)  offsetof(struct px_conf_filter, f)
+
+#define SZ_K (UINT64_C(1) << 10)
+#define SZ_M (UINT64_C(1) << 20)
+#define SZ_G (UINT64_C(1) << 30)
 
 /* Every key popgate knows. A new key is one row here (and one field in
  * conf.h); popgate.ini documents each row. Rows without a parser are keys
  * DESIGN.md promises and this build does not implement yet: they get "not
  * supported yet" instead of "unknown key". */
 static const struct key_def keys[] = {
-  { "workers", SEC_MAIN, p_workers, M(workers), 0, 0, 1, 256, NULL },
+  { "workers", SEC_MAIN, p_auto_uint, M(workers), 0, 0, 1, 256, NULL },
   { "user", SEC_MAIN, p_user, M(user), 0, 0, 0, 0, NULL },
   { "log", SEC_MAIN, p_log, 0, 0, 0, 0, 0, NULL },
   { "log_level", SEC_MAIN, p_log_level, M(log_level), 0, 0, 0, 0, NULL },
   { "shutdown_timeout", SEC_MAIN, p_duration, M(shutdown_timeout_ms), 0, 0, 0,
     24 * MS_H, NULL },
   { "metrics", SEC_MAIN, p_hostport, M(metrics), 0, KEY_IP_ONLY, 0, 0, NULL },
-  { "spool_dir", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
-  { "memory_per_message", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
-  { "max_message_size", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
-  { "memory_budget", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
-  { "scan_threads", SEC_MAIN, NULL, 0, 0, 0, 0, 0, NULL },
+  { "spool_dir", SEC_MAIN, p_dir_path, M(spool_dir), 0, 0, 0, 0, NULL },
+  { "memory_per_message", SEC_MAIN, p_size64, M(memory_per_message), 0, 0,
+    4 * SZ_K, SZ_G, NULL },
+  /* ClamAV and the spool count in 64 bits, but a POP3 message over 4G is
+   * a mistake, not mail. */
+  { "max_message_size", SEC_MAIN, p_size64, M(max_message_size), 0, 0, 4 * SZ_K,
+    4 * SZ_G, NULL },
+  { "memory_budget", SEC_MAIN, p_size64, M(memory_budget), 0, 0, 4 * SZ_K,
+    1024 * SZ_G, NULL },
+  { "scan_threads", SEC_MAIN, p_auto_uint, M(scan_threads), 0, 0, 1, 256,
+    NULL },
 
   { "bind", SEC_LISTENER, p_hostport, L_(bind), 0, KEY_REQUIRED | KEY_IP_ONLY,
     0, 0, NULL },
@@ -214,7 +280,8 @@ static const struct key_def keys[] = {
   { "require_tls", SEC_LISTENER, p_bool, L_(require_tls), 0, 0, 0, 0, NULL },
   { "handshake_timeout", SEC_LISTENER, p_duration, L_(handshake_timeout_ms), 0,
     0, MS_S, 10 * MS_M, NULL },
-  { "filters", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
+  { "filters", SEC_LISTENER, p_ref_list, L_(filter_names), L_(nfilters),
+    KEY_EMPTY_OK, 0, 0, NULL },
   { "proxy_protocol", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
   { "proxy_from", SEC_LISTENER, NULL, 0, 0, 0, 0, 0, NULL },
 
@@ -235,11 +302,41 @@ static const struct key_def keys[] = {
   { "key", SEC_UPSTREAM, p_file, U(client.key), 0, 0, 0, 0, NULL },
   { "proxy_protocol", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
   { "xclient", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
+
+  { "type", SEC_FILTER, p_filter_type, F(type), 0, KEY_REQUIRED, 0, 0, NULL },
+  { "database", SEC_FILTER, p_database, F(database), 0, KEY_T_CLAMAV, 0, 0,
+    NULL },
+  /* libclamav takes both as 64-bit numbers; it scans one file of at most
+   * 2G - 1 and lowers a larger max_file_size to that. */
+  { "max_scan_size", SEC_FILTER, p_size64, F(max_scan_size), 0, KEY_T_CLAMAV,
+    SZ_K, 4 * SZ_G, NULL },
+  { "max_file_size", SEC_FILTER, p_size64, F(max_file_size), 0, KEY_T_CLAMAV,
+    SZ_K, 2 * SZ_G, NULL },
+  { "max_recursion", SEC_FILTER, p_uint, F(max_recursion), 0, KEY_T_CLAMAV, 1,
+    64, NULL },
+  { "max_files", SEC_FILTER, p_uint, F(max_files), 0, KEY_T_CLAMAV, 1, 1000000,
+    NULL },
+  { "scan_timeout", SEC_FILTER, p_duration, F(scan_timeout_ms), 0,
+    KEY_T_CLAMAV | KEY_T_CLAMD | KEY_T_COMMAND, MS_S, MS_H, NULL },
+  { "socket", SEC_FILTER, p_socket, F(socket), 0, KEY_T_CLAMD | KEY_REQUIRED, 0,
+    0, NULL },
+  { "command", SEC_FILTER, p_command, F(argv), F(argc),
+    KEY_T_COMMAND | KEY_REQUIRED, 0, 0, NULL },
+  { "add", SEC_FILTER, p_header_add, F(add), F(nadd),
+    KEY_T_HEADER | KEY_REQUIRED | KEY_REPEATABLE, 0, 0, NULL },
+  { "on_virus", SEC_FILTER, p_on_virus, F(on_virus), 0,
+    KEY_T_CLAMAV | KEY_T_CLAMD, 0, 0, NULL },
+  { "quarantine_dir", SEC_FILTER, p_dir, F(quarantine_dir), 0,
+    KEY_T_CLAMAV | KEY_T_CLAMD, 0, 0, NULL },
+  /* Every type: a message over max_message_size is an error whichever
+   * filters it meets. */
+  { "on_error", SEC_FILTER, p_on_error, F(on_error), 0, 0, 0, 0, NULL },
 };
 
 #undef M
 #undef L_
 #undef U
+#undef F
 
 enum { NKEYS = sizeof keys / sizeof keys[0] };
 
@@ -298,12 +395,14 @@ struct loader {
 
   struct px_conf *c;
   struct sec_info main_info;
-  struct sec_info *linfo, *uinfo; /* parallel to c->listeners, c->upstreams */
-  size_t lcap, ucap;
+  /* Parallel to c->listeners, c->upstreams, c->filters. */
+  struct sec_info *linfo, *uinfo, *finfo;
+  size_t lcap, ucap, fcap;
 
   struct px_conf scratch_main;
   struct px_conf_listener scratch_l;
   struct px_conf_upstream scratch_u;
+  struct px_conf_filter scratch_f;
   struct sec_info scratch_info;
 
   struct err_rec errs[PX_CONF_MAX_ERRORS];
@@ -701,8 +800,9 @@ static const char *size_str(char *buf, size_t n, uint64_t b)
 
 /* ---- value parsers (one per field type; see keys[]) ---- */
 
-static int p_workers(struct loader *L, const struct key_def *k, const char *v,
-                     void *base)
+/* "auto" (stored as 0, resolved in finish()) or a number in range. */
+static int p_auto_uint(struct loader *L, const struct key_def *k, const char *v,
+                       void *base)
 {
   char q[PX_CONF_SHOW + 4];
   uint64_t n;
@@ -775,23 +875,46 @@ static int p_duration(struct loader *L, const struct key_def *k, const char *v,
   return 0;
 }
 
-static int p_size(struct loader *L, const struct key_def *k, const char *v,
-                  void *base)
+/* A size in k's range into *n; 0 or -EINVAL (reported). */
+static int size_value(struct loader *L, const struct key_def *k, const char *v,
+                      uint64_t *n)
 {
   char q[PX_CONF_SHOW + 4], lo[32], hi[32];
-  uint64_t n;
 
-  if (px_conf_parse_size(v, &n) != 0) {
+  if (px_conf_parse_size(v, n) != 0) {
     bad(L, "bad size \"%s\" for %s (use e.g. 512, 64K, 1M)", show(q, v),
         k->name);
     return -EINVAL;
   }
-  if (n < k->min || n > k->max) {
+  if (*n < k->min || *n > k->max) {
     bad(L, "%s = %s is out of range (%s..%s)", k->name, show(q, v),
         size_str(lo, sizeof lo, k->min), size_str(hi, sizeof hi, k->max));
     return -EINVAL;
   }
+  return 0;
+}
+
+/* A size_t field. */
+static int p_size(struct loader *L, const struct key_def *k, const char *v,
+                  void *base)
+{
+  uint64_t n;
+
+  if (size_value(L, k, v, &n) != 0)
+    return -EINVAL;
   *FIELD(base, k->off, size_t) = (size_t)n;
+  return 0;
+}
+
+/* A uint64_t field. */
+static int p_size64(struct loader *L, const struct key_def *k, const char *v,
+                    void *base)
+{
+  uint64_t n;
+
+  if (size_value(L, k, v, &n) != 0)
+    return -EINVAL;
+  *FIELD(base, k->off, uint64_t) = n;
   return 0;
 }
 
@@ -990,6 +1113,464 @@ static int p_ref(struct loader *L, const struct key_def *k, const char *v,
     return -ENOMEM;
   free(*dst);
   *dst = s;
+  return 0;
+}
+
+/* A list of [filter:NAME] names, separated by commas and/or spaces
+ * (continuation lines arrive joined with a space). "" is the empty list.
+ * Fills the name array at k->off and its length at k->off_n; finish()
+ * resolves the names. */
+static int p_ref_list(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
+{
+  char q[PX_CONF_SHOW + 4], word[PX_CONF_MAX_NAME + 2];
+  char ***dst = FIELD(base, k->off, char **);
+  size_t *dstn = FIELD(base, k->off_n, size_t);
+  char **names = NULL, **grown;
+  size_t n = 0, i = 0, j, len = strlen(v), wl;
+
+  while (i < len) {
+    wl = strcspn(v + i, ", \t");
+    if (wl == 0) {
+      bad(L,
+          "bad value \"%s\" for %s (names of [filter:NAME] sections, "
+          "separated by commas or spaces)",
+          show(q, v), k->name);
+      goto fail;
+    }
+    memcpy(word, v + i, wl < sizeof word ? wl : sizeof word - 1);
+    word[wl < sizeof word ? wl : sizeof word - 1] = '\0';
+    if (!is_name(word)) {
+      bad(L,
+          "bad name \"%s%s\" in %s (the NAME of a [filter:NAME] section; "
+          "separate names with commas or spaces)",
+          show(q, word), wl < sizeof word ? "" : "...", k->name);
+      goto fail;
+    }
+    for (j = 0; j < n; j++) {
+      if (strcmp(names[j], word) == 0) {
+        bad(L, "filter \"%s\" is listed twice in %s", word, k->name);
+        goto fail;
+      }
+    }
+    grown = realloc(names, (n + 1) * sizeof *names);
+    if (grown == NULL)
+      goto nomem;
+    names = grown;
+    if ((names[n] = xstrdup(L, word)) == NULL)
+      goto fail;
+    n++;
+    i += wl;
+    i += strspn(v + i, " \t");
+    if (v[i] == ',') {
+      i++;
+      i += strspn(v + i, " \t");
+      if (i == len) { /* a final comma */
+        bad(L,
+            "bad value \"%s\" for %s (names of [filter:NAME] sections, "
+            "separated by commas or spaces)",
+            show(q, v), k->name);
+        goto fail;
+      }
+    }
+  }
+  for (j = 0; j < *dstn; j++)
+    free((*dst)[j]);
+  free(*dst);
+  *dst = names;
+  *dstn = n;
+  return 0;
+
+nomem:
+  oom(L);
+fail:
+  for (j = 0; j < n; j++)
+    free(names[j]);
+  free(names);
+  return L->oom ? -ENOMEM : -EINVAL;
+}
+
+/* ---- filter values ---- */
+
+/* names[0..n) as "a, b or c", for messages. */
+static const char *names_str(char *buf, size_t size, const char *const *names,
+                             int n)
+{
+  size_t used = 0;
+  int i, w;
+
+  buf[0] = '\0';
+  for (i = 0; i < n && used < size; i++) {
+    w = snprintf(buf + used, size - used, "%s%s",
+                 i == 0       ? ""
+                 : i == n - 1 ? " or "
+                              : ", ",
+                 names[i]);
+    if (w < 0)
+      break;
+    used += (size_t)w;
+  }
+  return buf;
+}
+
+/* One of names[0..n), case-insensitive, into *out; 0 or -EINVAL
+ * (reported, with the valid values). */
+static int keyword_value(struct loader *L, const struct key_def *k,
+                         const char *v, const char *const *names, int n,
+                         int *out)
+{
+  char q[PX_CONF_SHOW + 4], list[128];
+  int i;
+
+  for (i = 0; i < n; i++) {
+    if (strcasecmp(v, names[i]) == 0) {
+      *out = i;
+      return 0;
+    }
+  }
+  bad(L, "bad value \"%s\" for %s (use %s)", show(q, v), k->name,
+      names_str(list, sizeof list, names, n));
+  return -EINVAL;
+}
+
+static int p_filter_type(struct loader *L, const struct key_def *k,
+                         const char *v, void *base)
+{
+  int i;
+
+  if (keyword_value(L, k, v, px_filter_type_names, PX_FLT_COUNT, &i) != 0)
+    return -EINVAL;
+  *FIELD(base, k->off, enum px_filter_type) = (enum px_filter_type)i;
+  return 0;
+}
+
+static int p_on_virus(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
+{
+  int i;
+
+  if (keyword_value(L, k, v, px_on_virus_names, PX_ONV_COUNT, &i) != 0)
+    return -EINVAL;
+  *FIELD(base, k->off, enum px_on_virus) = (enum px_on_virus)i;
+  return 0;
+}
+
+static int p_on_error(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
+{
+  int i;
+
+  if (keyword_value(L, k, v, px_on_error_names, PX_ONE_COUNT, &i) != 0)
+    return -EINVAL;
+  *FIELD(base, k->off, enum px_on_error) = (enum px_on_error)i;
+  return 0;
+}
+
+/* What keeps path from being a directory this process can create files
+ * in, into buf ("" when nothing does). access() asks with the real uid:
+ * -t run as the user popgate runs as tells the truth. */
+static const char *dir_problem(const char *path, char *buf, size_t size)
+{
+  char ebuf[128];
+  struct stat st;
+  int e;
+
+  buf[0] = '\0';
+  if (stat(path, &st) == -1) {
+    e = errno;
+    snprintf(buf, size, "%s", ERRSTR(e, ebuf));
+  } else if (!S_ISDIR(st.st_mode)) {
+    snprintf(buf, size, "not a directory");
+  } else if (access(path, W_OK | X_OK) == -1) {
+    e = errno;
+    snprintf(buf, size, "not writable: %s", ERRSTR(e, ebuf));
+  }
+  return buf;
+}
+
+/* Copies an absolute directory path into the field (a final "/" is fine);
+ * 0, -EINVAL (reported) or -ENOMEM. */
+static int dir_path_value(struct loader *L, const struct key_def *k,
+                          const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **dst = FIELD(base, k->off, char *);
+  char *s;
+
+  if (v[0] != '/' || has_ctl(v)) {
+    bad(L, "bad value \"%s\" for %s (use an absolute directory path)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+/* spool_dir: only the form here; finish() checks the directory when some
+ * listener has filters (the default too). */
+static int p_dir_path(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
+{
+  return dir_path_value(L, k, v, base);
+}
+
+/* quarantine_dir: an existing directory popgate can write to, now. */
+static int p_dir(struct loader *L, const struct key_def *k, const char *v,
+                 void *base)
+{
+  char q[PX_CONF_SHOW + 4], why[160];
+  int rc = dir_path_value(L, k, v, base);
+
+  if (rc != 0)
+    return rc;
+  if (dir_problem(v, why, sizeof why)[0] != '\0') {
+    bad(L, "cannot use %s \"%s\": %s", k->name, show(q, v), why);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* ClamAV's signatures: a directory of them or one database file, which
+ * must exist when given (the default is left to the engine load, which
+ * reports a missing database better than a stat() can). */
+static int p_database(struct loader *L, const struct key_def *k, const char *v,
+                      void *base)
+{
+  char q[PX_CONF_SHOW + 4], ebuf[128];
+  char **dst = FIELD(base, k->off, char *);
+  struct stat st;
+  char *s;
+  int e;
+
+  if (v[0] != '/' || has_ctl(v)) {
+    bad(L,
+        "bad value \"%s\" for %s (use the absolute path of a directory or "
+        "a file)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  if (stat(v, &st) == -1) {
+    e = errno;
+    bad(L, "cannot use %s \"%s\": %s", k->name, show(q, v), ERRSTR(e, ebuf));
+    return -EINVAL;
+  }
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+    bad(L, "cannot use %s \"%s\": not a directory or a regular file", k->name,
+        show(q, v));
+    return -EINVAL;
+  }
+  if (access(v, S_ISDIR(st.st_mode) ? R_OK | X_OK : R_OK) == -1) {
+    e = errno;
+    bad(L, "cannot use %s \"%s\": not readable: %s", k->name, show(q, v),
+        ERRSTR(e, ebuf));
+    return -EINVAL;
+  }
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+/* clamd's address: an absolute unix socket path (not checked: clamd may
+ * start after popgate) or host:port, stored as "host:port" ("[v6]:port")
+ * with the port in canonical decimal, for px_conf_parse_hostport(). */
+static int p_socket(struct loader *L, const struct key_def *k, const char *v,
+                    void *base)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **dst = FIELD(base, k->off, char *);
+  struct px_conf_hostport hp = { NULL, NULL, 0 };
+  const char *why = NULL;
+  size_t n = strlen(v);
+  char *s;
+  int rc;
+
+  if (v[0] == '/') {
+    if (has_ctl(v) || v[n - 1] == '/') {
+      bad(L,
+          "bad value \"%s\" for %s (use the absolute path of clamd's unix "
+          "socket, or host:port)",
+          show(q, v), k->name);
+      return -EINVAL;
+    }
+    if (n >= sizeof((struct sockaddr_un *)NULL)->sun_path) {
+      bad(L,
+          "%s path \"%s\" is longer than %zu characters (the limit of a "
+          "unix socket address)",
+          k->name, show(q, v),
+          sizeof((struct sockaddr_un *)NULL)->sun_path - 1);
+      return -EINVAL;
+    }
+    s = xstrdup(L, v);
+  } else {
+    rc = split_hostport(v, &hp.host, &hp.port, &why);
+    if (rc == -ENOMEM) {
+      oom(L);
+      return rc;
+    }
+    if (rc != 0) {
+      bad(L,
+          "bad value \"%s\" for %s: %s (use the absolute path of clamd's "
+          "unix socket, or host:port)",
+          show(q, v), k->name, why);
+      return rc;
+    }
+    n = strlen(hp.host) + strlen(hp.port) + 4;
+    if ((s = malloc(n)) == NULL)
+      oom(L);
+    else
+      hostport_str(s, n, &hp);
+    hostport_free(&hp);
+  }
+  if (s == NULL)
+    return -ENOMEM;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+static void argv_free(char **argv)
+{
+  size_t i;
+
+  if (argv == NULL)
+    return;
+  for (i = 0; argv[i] != NULL; i++)
+    free(argv[i]);
+  free(argv);
+}
+
+/* command = /abs/program arg...: split on spaces and tabs, no shell and no
+ * quoting. The array at k->off gets a NULL after the last word (execv()
+ * takes it as is), k->off_n the number of words. The program must be an
+ * executable regular file now. */
+static int p_command(struct loader *L, const struct key_def *k, const char *v,
+                     void *base)
+{
+  char q[PX_CONF_SHOW + 4], ebuf[128];
+  char ***dst = FIELD(base, k->off, char **);
+  size_t *dstn = FIELD(base, k->off_n, size_t);
+  char **argv;
+  size_t n = 0, i, wl;
+  struct stat st;
+  int e;
+
+  for (i = 0; v[i] != '\0'; i++)
+    if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
+      break;
+  if (v[0] != '/' || v[i] != '\0') {
+    bad(L,
+        "bad value \"%s\" for %s (the program's absolute path, then its "
+        "arguments, separated by spaces; no shell)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  /* Words: at most one per two characters, plus the NULL. */
+  argv = calloc(strlen(v) / 2 + 2, sizeof *argv);
+  if (argv == NULL) {
+    oom(L);
+    return -ENOMEM;
+  }
+  for (i = 0; v[i] != '\0'; i += wl) {
+    i += strspn(v + i, " \t");
+    wl = strcspn(v + i, " \t");
+    if (wl == 0)
+      break;
+    if ((argv[n] = strndup(v + i, wl)) == NULL) {
+      argv_free(argv);
+      oom(L);
+      return -ENOMEM;
+    }
+    n++;
+  }
+  if (stat(argv[0], &st) == -1) {
+    e = errno;
+    bad(L, "cannot run %s \"%s\": %s", k->name, show(q, argv[0]),
+        ERRSTR(e, ebuf));
+  } else if (!S_ISREG(st.st_mode)) {
+    bad(L, "cannot run %s \"%s\": not a regular file", k->name,
+        show(q, argv[0]));
+  } else if (access(argv[0], X_OK) == -1) {
+    e = errno;
+    bad(L, "cannot run %s \"%s\": not executable: %s", k->name,
+        show(q, argv[0]), ERRSTR(e, ebuf));
+  } else {
+    argv_free(*dst);
+    *dst = argv;
+    *dstn = n;
+    return 0;
+  }
+  argv_free(argv);
+  return -EINVAL;
+}
+
+/* RFC 5322: a field name is 1 or more printable ASCII characters other
+ * than ":" and space; at most 76 keeps "Name: " within the 78 characters
+ * section 2.1.1 recommends for a line. A line is at most 998 (MUST). */
+#define PX_HDR_NAME_MAX 76
+#define PX_HDR_LINE_MAX 998
+
+/* add = Name: value (repeatable): appended, as written, to the array at
+ * k->off (count at k->off_n). The value may be empty. */
+static int p_header_add(struct loader *L, const struct key_def *k,
+                        const char *v, void *base)
+{
+  char q[PX_CONF_SHOW + 4], nb[PX_CONF_SHOW + 2];
+  char ***arr = FIELD(base, k->off, char **);
+  size_t *n = FIELD(base, k->off_n, size_t);
+  const char *colon = strchr(v, ':'), *p;
+  size_t nlen, i;
+  char **grown, *s;
+
+  if (colon == NULL) {
+    bad(L,
+        "bad value \"%s\" for %s (use \"Name: value\", as in "
+        "X-Scanned-By: popgate)",
+        show(q, v), k->name);
+    return -EINVAL;
+  }
+  nlen = (size_t)(colon - v);
+  for (i = 0; i < nlen; i++)
+    if ((unsigned char)v[i] < 33 || (unsigned char)v[i] > 126)
+      break;
+  if (nlen == 0 || nlen > PX_HDR_NAME_MAX || i < nlen) {
+    i = nlen < sizeof nb - 1 ? nlen : sizeof nb - 1;
+    memcpy(nb, v, i);
+    nb[i] = '\0';
+    bad(L,
+        "bad header name \"%s\" in %s (1 to %d printable ASCII characters, "
+        "no space or \":\", as in X-Scanned-By)",
+        show(q, nb), k->name, PX_HDR_NAME_MAX);
+    return -EINVAL;
+  }
+  for (p = colon + 1; *p != '\0'; p++)
+    if (((unsigned char)*p < 0x20 && *p != '\t') || (unsigned char)*p > 0x7e)
+      break;
+  if (*p != '\0') {
+    bad(L,
+        "bad header value in %s = %s (printable ASCII characters and tabs "
+        "only)",
+        k->name, show(q, v));
+    return -EINVAL;
+  }
+  if (strlen(v) > PX_HDR_LINE_MAX) {
+    bad(L, "%s = %s is longer than %d characters (the line limit of RFC 5322)",
+        k->name, show(q, v), PX_HDR_LINE_MAX);
+    return -EINVAL;
+  }
+  grown = realloc(*arr, (*n + 1) * sizeof **arr);
+  if (grown == NULL) {
+    oom(L);
+    return -ENOMEM;
+  }
+  *arr = grown;
+  if ((s = xstrdup(L, v)) == NULL)
+    return -ENOMEM;
+  (*arr)[(*n)++] = s;
   return 0;
 }
 
@@ -1233,6 +1814,11 @@ static void main_defaults(struct px_conf *c)
   c->log_target = PX_LOGT_STDERR;
   c->log_level = PX_LOG_INFO;
   c->shutdown_timeout_ms = 30 * MS_S;
+  /* spool_dir: finish() sets the default. */
+  c->memory_per_message = SZ_M;
+  c->max_message_size = 256 * SZ_M;
+  c->memory_budget = 256 * SZ_M;
+  c->scan_threads = 0; /* auto */
 }
 
 static void listener_defaults(struct px_conf_listener *l)
@@ -1259,13 +1845,29 @@ static void upstream_defaults(struct px_conf_upstream *u)
   u->max_response_line = 1024;
 }
 
+/* The defaults of every type; database's depends on the type, so finish()
+ * sets it. */
+static void filter_defaults(struct px_conf_filter *f)
+{
+  memset(f, 0, sizeof *f);
+  f->type = PX_FLT_COUNT; /* not given yet; required */
+  f->max_scan_size = 100 * SZ_M;
+  f->max_file_size = 25 * SZ_M;
+  f->max_recursion = 16;
+  f->max_files = 10000;
+  f->scan_timeout_ms = 60 * MS_S;
+  f->on_virus = PX_ONV_REPLACE;
+  f->on_error = PX_ONE_TEMPFAIL;
+}
+
 static void main_free(struct px_conf *c)
 {
   free(c->path);
   free(c->user);
   free(c->log_path);
   hostport_free(&c->metrics);
-  c->path = c->user = c->log_path = NULL;
+  free(c->spool_dir);
+  c->path = c->user = c->log_path = c->spool_dir = NULL;
 }
 
 static void certkey_free(struct px_conf_certkey *ck)
@@ -1286,9 +1888,16 @@ static void listener_free(struct px_conf_listener *l)
   free(l->certs);
   free(l->ciphers);
   free(l->upstream_name);
+  for (i = 0; i < l->nfilters; i++)
+    free(l->filter_names[i]);
+  free(l->filter_names);
+  free(l->filters);
   l->name = l->upstream_name = l->ciphers = NULL;
   l->certs = NULL;
   l->ncerts = 0;
+  l->filter_names = NULL;
+  l->filters = NULL;
+  l->nfilters = 0;
 }
 
 static void upstream_free(struct px_conf_upstream *u)
@@ -1307,6 +1916,23 @@ static void upstream_free(struct px_conf_upstream *u)
   u->nservers = 0;
 }
 
+static void filter_free(struct px_conf_filter *f)
+{
+  size_t i;
+
+  free(f->name);
+  free(f->database);
+  free(f->socket);
+  argv_free(f->argv);
+  for (i = 0; i < f->nadd; i++)
+    free(f->add[i]);
+  free(f->add);
+  free(f->quarantine_dir);
+  f->name = f->database = f->socket = f->quarantine_dir = NULL;
+  f->argv = f->add = NULL;
+  f->argc = f->nadd = 0;
+}
+
 static void conf_free(struct px_conf *c)
 {
   size_t i;
@@ -1318,8 +1944,11 @@ static void conf_free(struct px_conf *c)
     listener_free(&c->listeners[i]);
   for (i = 0; i < c->nupstreams; i++)
     upstream_free(&c->upstreams[i]);
+  for (i = 0; i < c->nfilters; i++)
+    filter_free(&c->filters[i]);
   free(c->listeners);
   free(c->upstreams);
+  free(c->filters);
   free(c);
 }
 
@@ -1335,6 +1964,8 @@ static void *cur_base(struct loader *L)
   case SEC_UPSTREAM:
     return L->scratch ? (void *)&L->scratch_u
                       : (void *)&L->c->upstreams[L->idx];
+  case SEC_FILTER:
+    return L->scratch ? (void *)&L->scratch_f : (void *)&L->c->filters[L->idx];
   default:
     return NULL;
   }
@@ -1349,6 +1980,8 @@ static const char *cur_label(struct loader *L, char *buf, size_t n)
     name = L->scratch ? L->scratch_l.name : L->c->listeners[L->idx].name;
   else if (L->kind == SEC_UPSTREAM)
     name = L->scratch ? L->scratch_u.name : L->c->upstreams[L->idx].name;
+  else if (L->kind == SEC_FILTER)
+    name = L->scratch ? L->scratch_f.name : L->c->filters[L->idx].name;
   if (name != NULL)
     snprintf(buf, n, "[%s:%s]", sec_kind_names[L->kind], name);
   else
@@ -1363,6 +1996,7 @@ static void end_section(struct loader *L)
     main_free(&L->scratch_main);
     listener_free(&L->scratch_l);
     upstream_free(&L->scratch_u);
+    filter_free(&L->scratch_f);
     L->scratch = 0;
   }
   L->kind = SEC_SKIP;
@@ -1381,19 +2015,50 @@ static void begin_scratch(struct loader *L, enum sec_kind kind,
   main_defaults(&L->scratch_main);
   listener_defaults(&L->scratch_l);
   upstream_defaults(&L->scratch_u);
+  filter_defaults(&L->scratch_f);
   if (kind == SEC_LISTENER)
     L->scratch_l.name = xstrdup(L, name);
   else if (kind == SEC_UPSTREAM)
     L->scratch_u.name = xstrdup(L, name);
+  else if (kind == SEC_FILTER)
+    L->scratch_f.name = xstrdup(L, name);
 }
 
-/* Appends a listener or upstream named name; 0 or -ENOMEM. */
+/* The sections of a named kind so far: their count, and where their
+ * sec_info array and its capacity live. */
+static size_t *named_count(struct loader *L, enum sec_kind kind,
+                           struct sec_info ***info, size_t **cap)
+{
+  switch (kind) {
+  case SEC_LISTENER:
+    *info = &L->linfo;
+    *cap = &L->lcap;
+    return &L->c->nlisteners;
+  case SEC_UPSTREAM:
+    *info = &L->uinfo;
+    *cap = &L->ucap;
+    return &L->c->nupstreams;
+  default:
+    *info = &L->finfo;
+    *cap = &L->fcap;
+    return &L->c->nfilters;
+  }
+}
+
+/* The name of the i-th section of a named kind. */
+static const char *named_name(struct loader *L, enum sec_kind kind, size_t i)
+{
+  return kind == SEC_LISTENER   ? L->c->listeners[i].name
+         : kind == SEC_UPSTREAM ? L->c->upstreams[i].name
+                                : L->c->filters[i].name;
+}
+
+/* Appends a listener, upstream or filter named name; 0 or -ENOMEM. */
 static int add_named(struct loader *L, enum sec_kind kind, const char *name)
 {
-  int listener = kind == SEC_LISTENER;
-  size_t *n = listener ? &L->c->nlisteners : &L->c->nupstreams;
-  size_t *cap = listener ? &L->lcap : &L->ucap;
-  struct sec_info **info = listener ? &L->linfo : &L->uinfo;
+  struct px_conf *c = L->c;
+  struct sec_info **info;
+  size_t *cap, *n = named_count(L, kind, &info, &cap);
   char *s = xstrdup(L, name);
 
   if (s == NULL)
@@ -1401,39 +2066,39 @@ static int add_named(struct loader *L, enum sec_kind kind, const char *name)
   if (*n == *cap) {
     size_t ncap = *cap ? *cap * 2 : 4;
     struct sec_info *ni = realloc(*info, ncap * sizeof **info);
-    if (ni == NULL) {
+    void *na = NULL;
+
+    if (ni != NULL) {
+      *info = ni;
+      if (kind == SEC_LISTENER &&
+          (na = realloc(c->listeners, ncap * sizeof *c->listeners)))
+        c->listeners = na;
+      else if (kind == SEC_UPSTREAM &&
+               (na = realloc(c->upstreams, ncap * sizeof *c->upstreams)))
+        c->upstreams = na;
+      else if (kind == SEC_FILTER &&
+               (na = realloc(c->filters, ncap * sizeof *c->filters)))
+        c->filters = na;
+    }
+    if (na == NULL) {
       free(s);
       oom(L);
       return -ENOMEM;
     }
-    *info = ni;
-    if (listener) {
-      struct px_conf_listener *a = realloc(L->c->listeners, ncap * sizeof *a);
-      if (a == NULL) {
-        free(s);
-        oom(L);
-        return -ENOMEM;
-      }
-      L->c->listeners = a;
-    } else {
-      struct px_conf_upstream *a = realloc(L->c->upstreams, ncap * sizeof *a);
-      if (a == NULL) {
-        free(s);
-        oom(L);
-        return -ENOMEM;
-      }
-      L->c->upstreams = a;
-    }
     *cap = ncap;
   }
-  if (listener) {
-    listener_defaults(&L->c->listeners[*n]);
-    L->c->listeners[*n].name = s;
-    L->c->listeners[*n].line = L->lineno;
+  if (kind == SEC_LISTENER) {
+    listener_defaults(&c->listeners[*n]);
+    c->listeners[*n].name = s;
+    c->listeners[*n].line = L->lineno;
+  } else if (kind == SEC_UPSTREAM) {
+    upstream_defaults(&c->upstreams[*n]);
+    c->upstreams[*n].name = s;
+    c->upstreams[*n].line = L->lineno;
   } else {
-    upstream_defaults(&L->c->upstreams[*n]);
-    L->c->upstreams[*n].name = s;
-    L->c->upstreams[*n].line = L->lineno;
+    filter_defaults(&c->filters[*n]);
+    c->filters[*n].name = s;
+    c->filters[*n].line = L->lineno;
   }
   memset(&(*info)[*n], 0, sizeof **info);
   (*info)[*n].line = L->lineno;
@@ -1471,22 +2136,16 @@ static void begin_section(struct loader *L, char *inner, const char *after)
   name = colon != NULL ? colon + 1 : NULL;
   if (colon != NULL)
     *colon = '\0';
-  for (i = SEC_MAIN; i <= SEC_UPSTREAM; i++)
+  for (i = SEC_MAIN; i < SEC_SKIP; i++)
     if (strcmp(inner, sec_kind_names[i]) == 0)
       kind = (enum sec_kind)i;
 
   if (kind == SEC_NONE) {
-    if (strcmp(inner, "filter") == 0 && name != NULL) {
-      errorf(L, line,
-             "section [filter:NAME] is not supported yet by this "
-             "build");
-      return;
-    }
     if (colon != NULL)
       *colon = ':';
     errorf(L, line,
-           "unknown section [%s] (use [popgate], [listener:NAME] "
-           "or [upstream:NAME])",
+           "unknown section [%s] (use [popgate], [listener:NAME], "
+           "[upstream:NAME] or [filter:NAME])",
            show(q, inner));
     return;
   }
@@ -1519,16 +2178,18 @@ static void begin_section(struct loader *L, char *inner, const char *after)
            show(q, name), sec_kind_names[kind], PX_CONF_MAX_NAME);
     return;
   }
-  n = kind == SEC_LISTENER ? L->c->nlisteners : L->c->nupstreams;
-  for (i = 0; i < n; i++) {
-    const char *other = kind == SEC_LISTENER ? L->c->listeners[i].name
-                                             : L->c->upstreams[i].name;
-    if (strcmp(other, name) == 0) {
-      errorf(L, line, "duplicate section [%s:%s] (first at line %d)",
-             sec_kind_names[kind], name,
-             kind == SEC_LISTENER ? L->linfo[i].line : L->uinfo[i].line);
-      begin_scratch(L, kind, name);
-      return;
+  {
+    struct sec_info **info;
+    size_t *cap;
+
+    n = *named_count(L, kind, &info, &cap);
+    for (i = 0; i < n; i++) {
+      if (strcmp(named_name(L, kind, i), name) == 0) {
+        errorf(L, line, "duplicate section [%s:%s] (first at line %d)",
+               sec_kind_names[kind], name, (*info)[i].line);
+        begin_scratch(L, kind, name);
+        return;
+      }
     }
   }
   add_named(L, kind, name);
@@ -1618,7 +2279,7 @@ static void begin_key(struct loader *L, const char *name, const char *value)
   if (L->kind == SEC_NONE) {
     errorf(L, L->lineno,
            "key \"%s\" outside of any section (put it under "
-           "[popgate], [listener:NAME] or [upstream:NAME])",
+           "[popgate], [listener:NAME], [upstream:NAME] or [filter:NAME])",
            show(q, name));
     return;
   }
@@ -1903,16 +2564,31 @@ static int handler_cb(void *user, const char *section, const char *name,
 
 /* ---- after the last line ---- */
 
+/* type: a filter's type, PX_FLT_COUNT when it has none (or for the other
+ * sections, whose keys are of no type). A key for some filter types only
+ * is required in sections of those types. */
 static void check_required(struct loader *L, enum sec_kind kind,
-                           const char *name, const struct sec_info *info)
+                           const char *name, const struct sec_info *info,
+                           enum px_filter_type type)
 {
+  unsigned t;
   size_t i;
 
-  for (i = 0; i < NKEYS; i++)
-    if (keys[i].sec == kind && (keys[i].flags & KEY_REQUIRED) &&
-        info->seen[i] == 0)
+  for (i = 0; i < NKEYS; i++) {
+    if (keys[i].sec != kind || !(keys[i].flags & KEY_REQUIRED) ||
+        info->seen[i] != 0)
+      continue;
+    t = keys[i].flags & KEY_T_ALL;
+    if (t == 0)
       errorf(L, info->line, "missing required key \"%s\" in [%s:%s]",
              keys[i].name, sec_kind_names[kind], name);
+    else if (type < PX_FLT_COUNT && (t & KEY_T(type)))
+      errorf(L, info->line,
+             "missing required key \"%s\" in [%s:%s] (type = %s needs %s)",
+             keys[i].name, sec_kind_names[kind], name,
+             px_filter_type_names[type],
+             (keys[i].flags & KEY_REPEATABLE) ? "at least one" : "it");
+  }
 }
 
 static size_t key_index(enum sec_kind kind, const char *name)
@@ -2004,29 +2680,163 @@ static void finish_upstream_tls(struct loader *L, struct px_conf_upstream *u,
            show(q, u->client.key));
 }
 
+/* The types of a KEY_T_* mask, as "clamav, clamd or command". */
+static const char *types_str(char *buf, size_t size, unsigned types)
+{
+  const char *names[PX_FLT_COUNT];
+  int i, n = 0;
+
+  for (i = 0; i < PX_FLT_COUNT; i++)
+    if (types & KEY_T(i))
+      names[n++] = px_filter_type_names[i];
+  return names_str(buf, size, names, n);
+}
+
+/* What only a whole [filter:NAME] tells: its type's required keys, keys
+ * of other types (type may come last), the default of database. */
+static void finish_filter(struct loader *L, struct px_conf_filter *f,
+                          const struct sec_info *info)
+{
+  char list[64];
+  unsigned t;
+  size_t i;
+
+  f->database_line = seen_line(info, SEC_FILTER, "database");
+  f->quarantine_line = seen_line(info, SEC_FILTER, "quarantine_dir");
+  /* No type, or a bad one (reported already): nothing to check against. */
+  check_required(L, SEC_FILTER, f->name, info, f->type);
+  if (f->type >= PX_FLT_COUNT)
+    return;
+  for (i = 0; i < NKEYS; i++) {
+    t = keys[i].flags & KEY_T_ALL;
+    if (keys[i].sec != SEC_FILTER || info->seen[i] == 0 || t == 0 ||
+        (t & KEY_T(f->type)))
+      continue;
+    errorf(L, info->seen[i], "key %s is for type = %s, this is type = %s",
+           keys[i].name, types_str(list, sizeof list, t),
+           px_filter_type_names[f->type]);
+  }
+  if (f->type == PX_FLT_CLAMAV && f->database == NULL)
+    f->database = xstrdup(L, "/var/lib/clamav");
+}
+
+/* A listener's filters = names, as pointers into c->filters (complete
+ * now: it may have moved while it grew). */
+static void resolve_filters(struct loader *L, struct px_conf_listener *l,
+                            const struct sec_info *info)
+{
+  struct px_conf *c = L->c;
+  size_t i, j;
+
+  l->filters_line = seen_line(info, SEC_LISTENER, "filters");
+  if (l->nfilters == 0)
+    return;
+  l->filters = calloc(l->nfilters, sizeof *l->filters);
+  if (l->filters == NULL) {
+    oom(L);
+    return;
+  }
+  for (i = 0; i < l->nfilters; i++) {
+    for (j = 0; j < c->nfilters; j++)
+      if (strcmp(c->filters[j].name, l->filter_names[i]) == 0)
+        l->filters[i] = &c->filters[j];
+    if (l->filters[i] == NULL)
+      errorf(L, l->filters_line,
+             "filter \"%s\" in [listener:%s] is not defined (no "
+             "[filter:%s] section)",
+             l->filter_names[i], l->name, l->filter_names[i]);
+  }
+}
+
+/* A number of threads: "auto" (0) becomes the online CPUs, 1..256. */
+static unsigned auto_threads(unsigned n)
+{
+  long cpus;
+
+  if (n != 0)
+    return n;
+  cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  return cpus < 1 ? 1 : cpus > 256 ? 256 : (unsigned)cpus;
+}
+
+/* [popgate]'s sizes against each other, and spool_dir, which only a
+ * listener with filters needs. */
+static void finish_spool(struct loader *L)
+{
+  struct px_conf *c = L->c;
+  const struct sec_info *mi = &L->main_info;
+  int mpm_line = seen_line(mi, SEC_MAIN, "memory_per_message");
+  char a[32], b[32], why[160];
+  const struct px_conf_listener *user = NULL;
+  size_t i;
+  int line;
+
+  static const struct {
+    const char *key;
+    size_t off;
+  } above[] = {
+    { "max_message_size", offsetof(struct px_conf, max_message_size) },
+    { "memory_budget", offsetof(struct px_conf, memory_budget) },
+  };
+  for (i = 0; i < sizeof above / sizeof *above; i++) {
+    uint64_t v = *FIELD(c, above[i].off, uint64_t);
+    if (v >= c->memory_per_message)
+      continue;
+    line = seen_line(mi, SEC_MAIN, above[i].key);
+    if (line != 0)
+      errorf(L, line, "%s = %s is below memory_per_message = %s", above[i].key,
+             size_str(a, sizeof a, v),
+             size_str(b, sizeof b, c->memory_per_message));
+    else
+      errorf(L, mpm_line,
+             "memory_per_message = %s is above %s (%s, the default)",
+             size_str(b, sizeof b, c->memory_per_message), above[i].key,
+             size_str(a, sizeof a, v));
+  }
+
+  c->spool_dir_line = seen_line(mi, SEC_MAIN, "spool_dir");
+  if (c->spool_dir == NULL &&
+      (c->spool_dir = xstrdup(L, "/var/spool/popgate")) == NULL)
+    return;
+  for (i = 0; i < c->nlisteners && user == NULL; i++)
+    if (c->listeners[i].nfilters > 0)
+      user = &c->listeners[i];
+  if (user == NULL || dir_problem(c->spool_dir, why, sizeof why)[0] == '\0')
+    return;
+  if (c->spool_dir_line != 0)
+    errorf(L, c->spool_dir_line, "cannot use spool_dir \"%s\": %s",
+           c->spool_dir, why);
+  else
+    errorf(L, user->filters_line,
+           "cannot use spool_dir \"%s\" (the default; filters need it: set "
+           "spool_dir in [popgate]): %s",
+           c->spool_dir, why);
+}
+
 static void finish(struct loader *L)
 {
   struct px_conf *c = L->c;
   char a[300], b[300];
   size_t i, j, ki = key_index(SEC_LISTENER, "upstream");
-  long n;
 
   flush_pending(L);
   end_section(L);
 
-  if (c->workers == 0) {
-    n = sysconf(_SC_NPROCESSORS_ONLN);
-    c->workers = n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
-  }
+  c->workers = auto_threads(c->workers);
+  c->scan_threads = auto_threads(c->scan_threads);
 
+  for (i = 0; i < c->nfilters; i++)
+    finish_filter(L, &c->filters[i], &L->finfo[i]);
   for (i = 0; i < c->nupstreams; i++) {
-    check_required(L, SEC_UPSTREAM, c->upstreams[i].name, &L->uinfo[i]);
+    check_required(L, SEC_UPSTREAM, c->upstreams[i].name, &L->uinfo[i],
+                   PX_FLT_COUNT);
     finish_upstream_tls(L, &c->upstreams[i], &L->uinfo[i]);
   }
   for (i = 0; i < c->nlisteners; i++) {
     struct px_conf_listener *l = &c->listeners[i];
-    check_required(L, SEC_LISTENER, l->name, &L->linfo[i]);
+    check_required(L, SEC_LISTENER, l->name, &L->linfo[i], PX_FLT_COUNT);
     finish_listener_tls(L, l, &L->linfo[i]);
+    resolve_filters(L, l, &L->linfo[i]);
     if (l->upstream_name == NULL)
       continue;
     for (j = 0; j < c->nupstreams; j++)
@@ -2066,6 +2876,7 @@ static void finish(struct loader *L)
              "[listener:%s] (line %d)",
              hostport_str(b, sizeof b, &c->metrics), l->name, l->bind.line);
   }
+  finish_spool(L);
 }
 
 /* Writes the collected errors, sorted by line (whole-file ones last). */
@@ -2141,6 +2952,7 @@ static int load(struct loader *L, struct px_conf **out, char *err,
   free(L->pend.val);
   free(L->linfo);
   free(L->uinfo);
+  free(L->finfo);
   if (L->read_errno == EFBIG) {
     rc = -EFBIG;
     put_err(err, errlen, L->name, "larger than 1M: not a configuration file");

@@ -44,6 +44,60 @@ struct px_conf_certkey {
   int key_line;
 };
 
+enum px_filter_type {
+  PX_FLT_CLAMAV = 0,
+  PX_FLT_CLAMD,
+  PX_FLT_COMMAND,
+  PX_FLT_HEADER,
+  PX_FLT_COUNT
+};
+extern const char *const px_filter_type_names[]; /* "clamav", ... */
+
+enum px_on_virus {
+  PX_ONV_REPLACE = 0,
+  PX_ONV_TAG,
+  PX_ONV_REJECT,
+  PX_ONV_COUNT
+};
+extern const char *const px_on_virus_names[];
+enum px_on_error { PX_ONE_TEMPFAIL = 0, PX_ONE_PASS, PX_ONE_COUNT };
+extern const char *const px_on_error_names[];
+
+/* One [filter:NAME] section. Keys that do not belong to its type are
+ * errors; keys not given keep the defaults shown. */
+struct px_conf_filter {
+  char *name;
+  int line;
+  enum px_filter_type type; /* required */
+  /* clamav */
+  char *database; /* dir or file; clamav: never NULL (default
+                     /var/lib/clamav); the other types: NULL */
+  int database_line;
+  uint64_t max_scan_size;   /* default 100M (CL_ENGINE_MAX_SCANSIZE) */
+  uint64_t max_file_size;   /* default 25M (CL_ENGINE_MAX_FILESIZE) */
+  unsigned max_recursion;   /* default 16 */
+  unsigned max_files;       /* default 10000 */
+  uint64_t scan_timeout_ms; /* default 60s (CL_ENGINE_MAX_SCANTIME);
+                               also clamd's and command's timeout */
+  /* clamd */
+  char *socket; /* "/unix/socket/path" (not checked: clamd may start
+                   later) or "host:port", "[v6]:port" (canonical port) */
+  /* command */
+  char **argv; /* command = split on spaces, no shell; argv[argc] is
+                  NULL; argv[0] absolute, executable at load time */
+  size_t argc;
+  /* header */
+  char **add; /* add = "Name: value" (repeatable), as written, without
+                 CRLF; checked: RFC 5322 name, printable ASCII, <= 998 */
+  size_t nadd;
+  /* clamav, clamd */
+  enum px_on_virus on_virus; /* default replace */
+  char *quarantine_dir;      /* NULL: keep no copy; a writable dir */
+  int quarantine_line;
+  /* all (header too: max_message_size applies to every chain) */
+  enum px_on_error on_error; /* default tempfail */
+};
+
 struct px_conf_upstream {
   char *name;
   int line;                         /* line of the [upstream:NAME] header */
@@ -77,6 +131,10 @@ struct px_conf_listener {
   int require_tls_line;              /* 0 when not set */
   uint64_t handshake_timeout_ms;     /* default 30s; 1s..10m */
   char *upstream_name;               /* required */
+  char **filter_names;               /* filters = list as written, and */
+  struct px_conf_filter **filters;   /* resolved (into px_conf.filters), */
+  size_t nfilters;                   /* both in order; 0: relay as is */
+  int filters_line;                  /* 0 when not set */
   struct px_conf_upstream *upstream; /* resolved reference, never NULL */
   unsigned max_clients;              /* default 10000; >= 1 */
   unsigned max_clients_per_ip;       /* default 50; 0 = unlimited */
@@ -108,6 +166,20 @@ struct px_conf {
   size_t nlisteners;
   struct px_conf_upstream *upstreams;
   size_t nupstreams;
+  struct px_conf_filter *filters;
+  size_t nfilters;
+
+  /* Filtering: where held messages go, and the bounds on them. */
+  char *spool_dir; /* never NULL (default /var/spool/popgate); checked
+                      (writable dir) only when a listener has filters */
+  int spool_dir_line;
+  uint64_t memory_per_message; /* default 1M: above it, a held message
+                                  spills to an unlinked file */
+  uint64_t max_message_size;   /* default 256M: above it, on_error */
+  uint64_t memory_budget;      /* default 256M: all held messages in RAM
+                                  together; over it, spill sooner */
+  unsigned scan_threads;       /* default auto (CPUs): filter jobs at
+                                  once; sizes libuv's pool */
 };
 
 /* Parses and validates path. On success returns 0 and *out owns a new
@@ -116,7 +188,10 @@ struct px_conf {
  * "FILE:LINE: message\n" (or "FILE: message\n" without a line) into
  * err[0..errlen), NUL-terminated and truncated if needed. The cert, key and
  * ca_file files it names must exist and be readable (they are opened, not
- * parsed: tls.c loads them). Any thread. */
+ * parsed: tls.c loads them). So must a database given explicitly; a
+ * command's program must be executable; quarantine_dir, and spool_dir when
+ * a listener has filters, must be directories the calling user can write
+ * to. Any thread. */
 int px_conf_load(const char *path, struct px_conf **out, char *err,
                  size_t errlen);
 

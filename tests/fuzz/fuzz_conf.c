@@ -19,9 +19,43 @@
 #include "conf.h"
 #include "testutil.h"
 
+static void check_filter(const struct px_conf_filter *f)
+{
+  size_t i;
+
+  CHECK(f->name != NULL && f->name[0] != '\0' && f->line > 0);
+  CHECK(f->type < PX_FLT_COUNT);
+  CHECK(f->on_virus < PX_ONV_COUNT && f->on_error < PX_ONE_COUNT);
+  CHECK(f->scan_timeout_ms >= 1000 && f->scan_timeout_ms <= 3600000);
+  CHECK(f->max_recursion >= 1 && f->max_recursion <= 64);
+  CHECK(f->max_files >= 1 && f->max_files <= 1000000);
+  CHECK(f->max_scan_size >= 1024 && f->max_file_size >= 1024);
+  /* Keys of other types are errors, so their fields keep the defaults. */
+  CHECK((f->type == PX_FLT_CLAMAV) == (f->database != NULL));
+  CHECK(f->database == NULL || f->database[0] == '/');
+  CHECK((f->database_line != 0) <= (f->database != NULL));
+  CHECK((f->type == PX_FLT_CLAMD) == (f->socket != NULL));
+  CHECK((f->type == PX_FLT_COMMAND) == (f->argv != NULL));
+  CHECK((f->type == PX_FLT_COMMAND) == (f->argc >= 1));
+  if (f->argv != NULL) {
+    CHECK(f->argv[0][0] == '/' && f->argv[f->argc] == NULL);
+    for (i = 0; i < f->argc; i++)
+      CHECK(f->argv[i][0] != '\0' && strpbrk(f->argv[i], " \t") == NULL);
+  }
+  CHECK((f->type == PX_FLT_HEADER) == (f->nadd >= 1));
+  for (i = 0; i < f->nadd; i++) {
+    const char *colon = strchr(f->add[i], ':');
+    CHECK(colon != NULL && colon > f->add[i] && colon - f->add[i] <= 76);
+    CHECK(strlen(f->add[i]) <= 998 && strpbrk(f->add[i], "\r\n") == NULL);
+  }
+  CHECK((f->quarantine_dir == NULL) == (f->quarantine_line == 0));
+  if (f->type != PX_FLT_CLAMAV && f->type != PX_FLT_CLAMD)
+    CHECK(f->quarantine_dir == NULL && f->on_virus == PX_ONV_REPLACE);
+}
+
 static void check_conf(const struct px_conf *c)
 {
-  size_t i, j;
+  size_t i, j, k;
 
   CHECK(c->refs == 1);
   CHECK(c->path != NULL && strcmp(c->path, "fuzz.ini") == 0);
@@ -31,6 +65,19 @@ static void check_conf(const struct px_conf *c)
   CHECK(c->log_level < PX_LOG_COUNT);
   CHECK((c->metrics.host == NULL) == (c->metrics.port == NULL));
   CHECK(c->nlisteners >= 1);
+  CHECK(c->spool_dir != NULL && c->spool_dir[0] == '/');
+  CHECK(c->memory_per_message >= 4096 &&
+        c->memory_per_message <= (UINT64_C(1) << 30));
+  CHECK(c->max_message_size >= c->memory_per_message &&
+        c->max_message_size <= (UINT64_C(4) << 30));
+  CHECK(c->memory_budget >= c->memory_per_message);
+  CHECK(c->scan_threads >= 1 && c->scan_threads <= 256);
+  CHECK((c->nfilters == 0) == (c->filters == NULL));
+  for (i = 0; i < c->nfilters; i++) {
+    check_filter(&c->filters[i]);
+    for (j = 0; j < i; j++)
+      CHECK(strcmp(c->filters[i].name, c->filters[j].name) != 0);
+  }
   for (i = 0; i < c->nlisteners; i++) {
     const struct px_conf_listener *l = &c->listeners[i];
     CHECK(l->name != NULL && l->name[0] != '\0');
@@ -52,6 +99,17 @@ static void check_conf(const struct px_conf *c)
     CHECK(l->max_clients >= 1);
     CHECK(l->idle_timeout_ms >= 600000);
     CHECK(l->max_errors >= 1 && l->max_errors <= 1000);
+    CHECK((l->nfilters == 0) == (l->filters == NULL));
+    CHECK((l->nfilters == 0) == (l->filter_names == NULL));
+    CHECK(l->nfilters == 0 || l->filters_line > 0);
+    for (j = 0; j < l->nfilters; j++) {
+      /* Resolved into c->filters, by name, each at most once. */
+      CHECK(l->filters[j] >= c->filters &&
+            l->filters[j] < c->filters + c->nfilters);
+      CHECK(strcmp(l->filters[j]->name, l->filter_names[j]) == 0);
+      for (k = 0; k < j; k++)
+        CHECK(l->filters[k] != l->filters[j]);
+    }
   }
   for (i = 0; i < c->nupstreams; i++) {
     const struct px_conf_upstream *u = &c->upstreams[i];

@@ -3,9 +3,10 @@
  * Every key with good and bad values, the FILE:LINE of each kind of error,
  * continuation lines, long lines, defaults, and the value parsers. Most
  * cases load a small config from a string; a few go through a real file.
- * TLS keys name files that must exist: the group setup makes a directory
- * with a few (conf.c only opens them), and "@" in a config or an expected
- * message stands for that directory (see T()).
+ * TLS and filter keys name files and directories that must exist: the
+ * group setup makes a directory with a few (conf.c only opens or stats
+ * them), and "@" in a config or an expected message stands for that
+ * directory (see T()).
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,9 +41,15 @@ static char err[8192];
 
 static char tmpdir[64];
 
-/* Files the TLS keys may name; their content does not matter to conf.c. */
+/* Files the TLS keys may name; their content does not matter to conf.c.
+ * db.cvd stands for a ClamAV database file. */
 static const char *const tls_files[] = { "a.pem", "a.key", "b.pem", "b.key",
-                                         "ca.pem" };
+                                         "ca.pem", "db.cvd" };
+
+/* Directories for spool_dir, database and quarantine_dir, and a program
+ * for command. */
+static const char *const test_dirs[] = { "spool", "db", "q" };
+#define PROG "filter.sh"
 
 static const char *write_file(const char *name, const char *data, size_t n)
 {
@@ -66,6 +74,14 @@ static int group_setup(void **state)
     return -1;
   for (i = 0; i < sizeof tls_files / sizeof *tls_files; i++)
     write_file(tls_files[i], "not PEM\n", 8);
+  for (i = 0; i < sizeof test_dirs / sizeof *test_dirs; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, test_dirs[i]);
+    if (mkdir(path, 0755) != 0)
+      return -1;
+  }
+  if (chmod(write_file(PROG, "#!/bin/sh\nexec cat\n", 19), 0755) != 0)
+    return -1;
   return 0;
 }
 
@@ -79,6 +95,12 @@ static int group_teardown(void **state)
     snprintf(path, sizeof path, "%s/%s", tmpdir, tls_files[i]);
     unlink(path);
   }
+  for (i = 0; i < sizeof test_dirs / sizeof *test_dirs; i++) {
+    snprintf(path, sizeof path, "%s/%s", tmpdir, test_dirs[i]);
+    rmdir(path);
+  }
+  snprintf(path, sizeof path, "%s/%s", tmpdir, PROG);
+  unlink(path);
   rmdir(tmpdir);
   return 0;
 }
@@ -305,6 +327,14 @@ static void test_defaults(void **state)
   assert_true(c->shutdown_timeout_ms == 30000);
   assert_null(c->metrics.host);
   assert_null(c->metrics.port);
+  assert_string_equal(c->spool_dir, "/var/spool/popgate");
+  assert_int_equal(c->spool_dir_line, 0);
+  assert_true(c->memory_per_message == 1048576);
+  assert_true(c->max_message_size == 268435456);
+  assert_true(c->memory_budget == 268435456);
+  assert_int_equal(c->scan_threads, cpus < 1 ? 1 : cpus > 256 ? 256 : cpus);
+  assert_null(c->filters);
+  assert_int_equal(c->nfilters, 0);
 
   assert_int_equal(c->nlisteners, 1);
   l = &c->listeners[0];
@@ -330,6 +360,10 @@ static void test_defaults(void **state)
   assert_int_equal(l->require_tls, 0);
   assert_int_equal(l->require_tls_line, 0);
   assert_true(l->handshake_timeout_ms == 30000);
+  assert_null(l->filter_names);
+  assert_null(l->filters);
+  assert_int_equal(l->nfilters, 0);
+  assert_int_equal(l->filters_line, 0);
 
   assert_int_equal(c->nupstreams, 1);
   u = &c->upstreams[0];
@@ -478,6 +512,25 @@ static void test_good_values(void **state)
       500 },
     { K_MAIN, "shutdown_timeout = 24h", MO(shutdown_timeout_ms), T_U64,
       86400000 },
+    { K_MAIN, "memory_per_message = 4K", MO(memory_per_message), T_U64,
+      4096 },
+    { K_MAIN, "memory_per_message = 4096", MO(memory_per_message), T_U64,
+      4096 },
+    { K_MAIN, "memory_per_message = 256M", MO(memory_per_message), T_U64,
+      268435456 },
+    { K_MAIN, "max_message_size = 1M", MO(max_message_size), T_U64,
+      1048576 },
+    { K_MAIN, "max_message_size = 4G", MO(max_message_size), T_U64,
+      UINT64_C(4294967296) },
+    { K_MAIN, "memory_budget = 1M", MO(memory_budget), T_U64, 1048576 },
+    { K_MAIN, "memory_budget = 64g", MO(memory_budget), T_U64,
+      UINT64_C(68719476736) },
+    { K_MAIN, "memory_budget = 1024G", MO(memory_budget), T_U64,
+      UINT64_C(1099511627776) },
+    { K_MAIN, "scan_threads = 1", MO(scan_threads), T_UINT, 1 },
+    { K_MAIN, "scan_threads = 256", MO(scan_threads), T_UINT, 256 },
+    { K_MAIN, "spool_dir = /nonexistent/spool", MO(spool_dir_line), T_ENUM,
+      2 },
     { K_LISTENER, "tls = off", LO(tls), T_ENUM, PX_TLS_OFF },
     { K_LISTENER, "tls = OFF", LO(tls), T_ENUM, PX_TLS_OFF },
     { K_LISTENER, "max_clients = 1", LO(max_clients), T_UINT, 1 },
@@ -727,6 +780,36 @@ static void test_bad_values(void **state)
       "from 1 to 65535" },
     { K_MAIN, "metrics = 9110",
       "bad address \"9110\" for metrics: missing \":PORT\"" },
+    { K_MAIN, "spool_dir = spool",
+      "bad value \"spool\" for spool_dir (use an absolute directory path)" },
+    { K_MAIN, "spool_dir = /var/spool/pop\x01gate",
+      "bad value \"/var/spool/pop?gate\" for spool_dir (use an absolute "
+      "directory path)" },
+    { K_MAIN, "spool_dir =", "empty value for spool_dir" },
+    { K_MAIN, "memory_per_message = 4095",
+      "memory_per_message = 4095 is out of range (4K..1G)" },
+    { K_MAIN, "memory_per_message = 1025M",
+      "memory_per_message = 1025M is out of range (4K..1G)" },
+    { K_MAIN, "memory_per_message = 1MB",
+      "bad size \"1MB\" for memory_per_message (use e.g. 512, 64K, 1M)" },
+    { K_MAIN, "max_message_size = 4097M",
+      "max_message_size = 4097M is out of range (4K..4G)" },
+    { K_MAIN, "max_message_size = 1K",
+      "max_message_size = 1K is out of range (4K..4G)" },
+    { K_MAIN, "max_message_size = -1",
+      "bad size \"-1\" for max_message_size (use e.g. 512, 64K, 1M)" },
+    { K_MAIN, "memory_budget = 1025G",
+      "memory_budget = 1025G is out of range (4K..1024G)" },
+    { K_MAIN, "memory_budget = 0",
+      "memory_budget = 0 is out of range (4K..1024G)" },
+    { K_MAIN, "scan_threads = 0",
+      "scan_threads = 0 is out of range (use auto or 1..256)" },
+    { K_MAIN, "scan_threads = 257",
+      "scan_threads = 257 is out of range (use auto or 1..256)" },
+    { K_MAIN, "scan_threads = many",
+      "bad value \"many\" for scan_threads (use auto or a number from 1 to "
+      "256)" },
+    { K_MAIN, "scan_threads =", "empty value for scan_threads" },
 
     { K_LISTENER, "tls = maybe",
       "bad value \"maybe\" for tls (use off, starttls or implicit)" },
@@ -944,16 +1027,18 @@ static void test_err_unknown_section(void **state)
   (void)state;
   expect_only_err(BASE_L BASE_U "\n[weird]\nfoo = 1\n",
                   NAME ":7: unknown section [weird] (use [popgate], "
-                  "[listener:NAME] or [upstream:NAME])");
+                  "[listener:NAME], [upstream:NAME] or [filter:NAME])");
   expect_only_err(BASE_L BASE_U "[pop:gate]\nx = 1\n",
                   NAME ":6: unknown section [pop:gate] (use [popgate], "
-                  "[listener:NAME] or [upstream:NAME])");
+                  "[listener:NAME], [upstream:NAME] or [filter:NAME])");
   expect_only_err(BASE_L BASE_U "[Popgate]\n",
                   NAME ":6: unknown section [Popgate] (use [popgate], "
-                  "[listener:NAME] or [upstream:NAME])");
-  expect_only_err(BASE_L BASE_U "[filter:clam]\ntype = clamav\n",
-                  NAME ":6: section [filter:NAME] is not supported yet by "
-                  "this build");
+                  "[listener:NAME], [upstream:NAME] or [filter:NAME])");
+  expect_only_err(BASE_L BASE_U "[filter]\ntype = clamav\n",
+                  NAME ":6: section [filter] needs a name: [filter:NAME]");
+  expect_only_err(BASE_L BASE_U "[Filter:x]\ntype = clamav\n",
+                  NAME ":6: unknown section [Filter:x] (use [popgate], "
+                  "[listener:NAME], [upstream:NAME] or [filter:NAME])");
   expect_only_err(BASE_L BASE_U "[listener]\nbind = 1.1.1.1:1\n",
                   NAME ":6: section [listener] needs a name: "
                   "[listener:NAME]");
@@ -1002,9 +1087,16 @@ static void test_err_unknown_key(void **state)
                   NAME ":6: unknown key \"workers\" in [upstream:u] (workers "
                   "belongs in [popgate])");
   /* A key DESIGN.md promises that this build does not implement. */
-  expect_only_err(BASE_L "filters = clamav\n" BASE_U,
-                  NAME ":4: key \"filters\" in [listener:a] is not supported "
-                  "yet by this build");
+  expect_only_err(BASE_L "proxy_protocol = v2\n" BASE_U,
+                  NAME ":4: key \"proxy_protocol\" in [listener:a] is not "
+                  "supported yet by this build");
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = header\nadd = X-A: b\n"
+                  "bind = 1.1.1.1:1\n",
+                  NAME ":9: unknown key \"bind\" in [filter:f] (bind belongs "
+                  "in [listener:NAME])");
+  expect_only_err(BASE_L "type = clamav\n" BASE_U,
+                  NAME ":4: unknown key \"type\" in [listener:a] (type "
+                  "belongs in [filter:NAME])");
   /* cert is a key of [listener:NAME] and [upstream:NAME]: the message
    * names the first. */
   expect_only_err("[popgate]\ncert = /a.pem\n" BASE_L BASE_U,
@@ -1018,13 +1110,14 @@ static void test_err_unknown_key(void **state)
                   NAME ":4: unknown key \"foo\" in [listener:a]");
   expect_only_err("workers = 1\n" BASE_L BASE_U,
                   NAME ":1: key \"workers\" outside of any section (put it "
-                  "under [popgate], [listener:NAME] or [upstream:NAME])");
+                  "under [popgate], [listener:NAME], [upstream:NAME] or "
+                  "[filter:NAME])");
   expect_only_err(BASE_L "= 1\n" BASE_U,
                   NAME ":4: missing key name before \"=\"");
   /* Keys of a broken section are ignored quietly. */
   expect_only_err(BASE_L BASE_U "[nope]\nfoo = 1\nbar = 2\n",
                   NAME ":6: unknown section [nope] (use [popgate], "
-                  "[listener:NAME] or [upstream:NAME])");
+                  "[listener:NAME], [upstream:NAME] or [filter:NAME])");
 }
 
 static void test_err_syntax(void **state)
@@ -1740,6 +1833,842 @@ static void test_warnings(void **state)
   px_conf_unref(&c);
 }
 
+/* ---- filters ---- */
+
+/* [popgate] with a spool_dir that exists (lines 1-2), for configurations
+ * whose listeners have filters; the listener follows at line 3. */
+#define SPOOL "[popgate]\nspool_dir = @/spool\n"
+
+/* BASE_L BASE_U, then "[filter:f]" (line 6), "type = TYPE" (line 7), extra
+ * (from line 8), and the key TYPE requires unless extra has it. The
+ * program of command = is the test's own. */
+static const char *filter_text(char *buf, size_t n, const char *type,
+                               const char *extra)
+{
+  char req[256] = "";
+
+  if (strcasecmp(type, "clamd") == 0 && strstr(extra, "socket =") == NULL)
+    snprintf(req, sizeof req, "socket = /run/clamav/clamd.ctl\n");
+  else if (strcasecmp(type, "command") == 0 &&
+           strstr(extra, "command =") == NULL)
+    snprintf(req, sizeof req, "command = %s/" PROG "\n", tmpdir);
+  else if (strcasecmp(type, "header") == 0 && strstr(extra, "add =") == NULL)
+    snprintf(req, sizeof req, "add = X-Filtered: yes\n");
+  snprintf(buf, n, BASE_L BASE_U "[filter:f]\ntype = %s\n%s\n%s", type,
+           extra, req);
+  return buf;
+}
+
+static void test_filter_defaults(void **state)
+{
+  char buf[1024];
+  struct px_conf *c;
+  const struct px_conf_filter *f;
+
+  (void)state;
+  c = load_ok(filter_text(buf, sizeof buf, "clamav", ""));
+  assert_int_equal(c->nfilters, 1);
+  f = &c->filters[0];
+  assert_string_equal(f->name, "f");
+  assert_int_equal(f->line, 6);
+  assert_int_equal(f->type, PX_FLT_CLAMAV);
+  assert_string_equal(f->database, "/var/lib/clamav");
+  assert_int_equal(f->database_line, 0);
+  assert_true(f->max_scan_size == 100 * 1048576);
+  assert_true(f->max_file_size == 25 * 1048576);
+  assert_int_equal(f->max_recursion, 16);
+  assert_int_equal(f->max_files, 10000);
+  assert_true(f->scan_timeout_ms == 60000);
+  assert_null(f->socket);
+  assert_null(f->argv);
+  assert_int_equal(f->argc, 0);
+  assert_null(f->add);
+  assert_int_equal(f->nadd, 0);
+  assert_int_equal(f->on_virus, PX_ONV_REPLACE);
+  assert_null(f->quarantine_dir);
+  assert_int_equal(f->quarantine_line, 0);
+  assert_int_equal(f->on_error, PX_ONE_TEMPFAIL);
+  /* A filter that no listener names: spool_dir is not looked at. */
+  assert_int_equal(c->listeners[0].nfilters, 0);
+  px_conf_unref(&c);
+
+  /* database's default is clamav's alone. */
+  c = load_ok(filter_text(buf, sizeof buf, "clamd", ""));
+  f = &c->filters[0];
+  assert_int_equal(f->type, PX_FLT_CLAMD);
+  assert_string_equal(f->socket, "/run/clamav/clamd.ctl");
+  assert_null(f->database);
+  assert_true(f->scan_timeout_ms == 60000);
+  px_conf_unref(&c);
+
+  /* The names tables. */
+  assert_string_equal(px_filter_type_names[PX_FLT_CLAMAV], "clamav");
+  assert_string_equal(px_filter_type_names[PX_FLT_HEADER], "header");
+  assert_string_equal(px_on_virus_names[PX_ONV_TAG], "tag");
+  assert_string_equal(px_on_error_names[PX_ONE_PASS], "pass");
+}
+
+static void test_filter_good_values(void **state)
+{
+#define FO(f) offsetof(struct px_conf_filter, f)
+  static const struct {
+    const char *type, *line;
+    size_t off;
+    int t;
+    uint64_t want;
+  } cases[] = {
+    { "clamav", "max_scan_size = 1K", FO(max_scan_size), T_U64, 1024 },
+    { "clamav", "max_scan_size = 4G", FO(max_scan_size), T_U64,
+      UINT64_C(4294967296) },
+    { "clamav", "max_file_size = 1024", FO(max_file_size), T_U64, 1024 },
+    { "clamav", "max_file_size = 2G", FO(max_file_size), T_U64,
+      UINT64_C(2147483648) },
+    { "clamav", "max_recursion = 1", FO(max_recursion), T_UINT, 1 },
+    { "clamav", "max_recursion = 64", FO(max_recursion), T_UINT, 64 },
+    { "clamav", "max_files = 1", FO(max_files), T_UINT, 1 },
+    { "clamav", "max_files = 1000000", FO(max_files), T_UINT, 1000000 },
+    { "clamav", "scan_timeout = 1s", FO(scan_timeout_ms), T_U64, 1000 },
+    { "clamav", "scan_timeout = 1h", FO(scan_timeout_ms), T_U64, 3600000 },
+    { "clamd", "scan_timeout = 90", FO(scan_timeout_ms), T_U64, 90000 },
+    { "command", "scan_timeout = 2m", FO(scan_timeout_ms), T_U64, 120000 },
+    { "clamav", "on_virus = replace", FO(on_virus), T_ENUM, PX_ONV_REPLACE },
+    { "clamav", "on_virus = tag", FO(on_virus), T_ENUM, PX_ONV_TAG },
+    { "clamd", "on_virus = REJECT", FO(on_virus), T_ENUM, PX_ONV_REJECT },
+    { "clamav", "on_error = tempfail", FO(on_error), T_ENUM,
+      PX_ONE_TEMPFAIL },
+    { "clamd", "on_error = pass", FO(on_error), T_ENUM, PX_ONE_PASS },
+    { "command", "on_error = Pass", FO(on_error), T_ENUM, PX_ONE_PASS },
+    { "header", "on_error = pass", FO(on_error), T_ENUM, PX_ONE_PASS },
+    { "clamav", "type = clamav", FO(type), T_ENUM, PX_FLT_CLAMAV },
+    { "CLAMD", "", FO(type), T_ENUM, PX_FLT_CLAMD },
+    { "command", "", FO(type), T_ENUM, PX_FLT_COMMAND },
+    { "header", "", FO(type), T_ENUM, PX_FLT_HEADER },
+    { "clamav", "quarantine_dir = @/q", FO(quarantine_line), T_ENUM, 8 },
+    { "clamav", "database = @/db", FO(database_line), T_ENUM, 8 },
+  };
+#undef FO
+  char buf[1024];
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof *cases; i++) {
+    struct px_conf *c;
+    char *base;
+    uint64_t got;
+
+    if (strncmp(cases[i].line, "type =", 6) == 0) {
+      /* type given twice would be a duplicate: put it alone. */
+      c = load_ok(BASE_L BASE_U "[filter:f]\ntype = clamav\n");
+    } else {
+      c = load_ok(filter_text(buf, sizeof buf, cases[i].type,
+                              T(cases[i].line)));
+    }
+    base = (char *)&c->filters[0];
+    switch (cases[i].t) {
+    case T_UINT:
+      got = *(unsigned *)(void *)(base + cases[i].off);
+      break;
+    case T_U64:
+      got = *(uint64_t *)(void *)(base + cases[i].off);
+      break;
+    default:
+      got = (uint64_t) * (int *)(void *)(base + cases[i].off);
+      break;
+    }
+    if (got != cases[i].want)
+      print_error("%s: got %llu\n", cases[i].line, (unsigned long long)got);
+    assert_true(got == cases[i].want);
+    px_conf_unref(&c);
+  }
+}
+
+static void test_filter_string_values(void **state)
+{
+  char buf[4096], line[1200], want[512];
+  struct px_conf *c;
+  const struct px_conf_filter *f;
+  size_t n;
+
+  (void)state;
+  /* database: a directory or a file; quarantine_dir: a directory. */
+  c = load_ok(filter_text(buf, sizeof buf, "clamav",
+                          T("database = @/db\nquarantine_dir = @/q/\n")));
+  f = &c->filters[0];
+  assert_string_equal(f->database, T("@/db"));
+  assert_int_equal(f->database_line, 8);
+  assert_string_equal(f->quarantine_dir, T("@/q/"));
+  assert_int_equal(f->quarantine_line, 9);
+  px_conf_unref(&c);
+  c = load_ok(filter_text(buf, sizeof buf, "clamav", T("database = @/db.cvd")));
+  assert_string_equal(c->filters[0].database, T("@/db.cvd"));
+  px_conf_unref(&c);
+
+  /* socket: a unix path (need not exist) or host:port, canonical. */
+  c = load_ok(filter_text(buf, sizeof buf, "clamd",
+                          "socket = /nonexistent/clamd.ctl"));
+  assert_string_equal(c->filters[0].socket, "/nonexistent/clamd.ctl");
+  px_conf_unref(&c);
+  c = load_ok(filter_text(buf, sizeof buf, "clamd", "socket = 127.0.0.1:3310"));
+  assert_string_equal(c->filters[0].socket, "127.0.0.1:3310");
+  px_conf_unref(&c);
+  c = load_ok(filter_text(buf, sizeof buf, "clamd",
+                          "socket = clamd.example:03310"));
+  assert_string_equal(c->filters[0].socket, "clamd.example:3310");
+  px_conf_unref(&c);
+  c = load_ok(filter_text(buf, sizeof buf, "clamd", "socket = [::1]:3310"));
+  assert_string_equal(c->filters[0].socket, "[::1]:3310");
+  px_conf_unref(&c);
+
+  /* command: words split on spaces and tabs, NULL after the last. */
+  c = load_ok(filter_text(buf, sizeof buf, "command",
+                          T("command = @/" PROG " -x  --max-size=100\t-q\n"
+                            "  --more ; comment")));
+  f = &c->filters[0];
+  assert_int_equal(f->argc, 5);
+  assert_string_equal(f->argv[0], T("@/" PROG));
+  assert_string_equal(f->argv[1], "-x");
+  assert_string_equal(f->argv[2], "--max-size=100");
+  assert_string_equal(f->argv[3], "-q");
+  assert_string_equal(f->argv[4], "--more");
+  assert_null(f->argv[5]);
+  px_conf_unref(&c);
+  c = load_ok(filter_text(buf, sizeof buf, "command",
+                          T("command = @/" PROG)));
+  assert_int_equal(c->filters[0].argc, 1);
+  assert_null(c->filters[0].argv[1]);
+  px_conf_unref(&c);
+
+  /* add: repeatable, kept in order and as written. */
+  c = load_ok(filter_text(buf, sizeof buf, "header",
+                          "add = X-Scanned-By: popgate 0.1 (a=b)\n"
+                          "add = X-Empty:\n"
+                          "add = X-Tab:\tx\n"
+                          "add = X-Bare:value\n"
+                          "add = !#$%&'*+-.^_`|~09azAZ\"(),/<>?@[]{}\\: v\n"
+                          "add = X-Folded: one\n  two"));
+  f = &c->filters[0];
+  assert_int_equal(f->nadd, 6);
+  assert_string_equal(f->add[0], "X-Scanned-By: popgate 0.1 (a=b)");
+  assert_string_equal(f->add[1], "X-Empty:");
+  assert_string_equal(f->add[2], "X-Tab:\tx");
+  assert_string_equal(f->add[3], "X-Bare:value");
+  assert_string_equal(f->add[4], "!#$%&'*+-.^_`|~09azAZ\"(),/<>?@[]{}\\: v");
+  assert_string_equal(f->add[5], "X-Folded: one two");
+  px_conf_unref(&c);
+
+  /* A 76-character name; a line of exactly 998 characters (continued
+   * over indented lines, joined with spaces). */
+  memset(line, 'N', 76);
+  strcpy(line + 76, ": v");
+  snprintf(buf, sizeof buf, BASE_L BASE_U "[filter:f]\ntype = header\n"
+           "add = %s\n", line);
+  c = load_ok(buf);
+  assert_int_equal(strlen(c->filters[0].add[0]), 79);
+  px_conf_unref(&c);
+  n = (size_t)snprintf(buf, sizeof buf, BASE_L BASE_U "[filter:f]\n"
+                       "type = header\nadd = X-Long: ");
+  /* "X-Long: " is 8; then 9 pieces of 109 'v's joined by spaces: 8 +
+   * 9 * 109 + 8 = 997; one more character makes 998. */
+  memset(line, 'v', 109);
+  line[109] = '\0';
+  n += (size_t)snprintf(buf + n, sizeof buf - n, "%sv\n", line);
+  for (int i = 1; i < 9; i++)
+    n += (size_t)snprintf(buf + n, sizeof buf - n, "  %s\n", line);
+  c = load_ok(buf);
+  assert_int_equal(strlen(c->filters[0].add[0]), 998);
+  px_conf_unref(&c);
+  /* 999: the message quotes the first 80 characters. */
+  snprintf(buf + n - 1, sizeof buf - n + 1, "x\n");
+  snprintf(want, sizeof want,
+           NAME ":8: add = X-Long: %.72s... is longer than 998 characters "
+           "(the line limit of RFC 5322) (lines 8-16 joined: an indented "
+           "line continues the value above it)",
+           line);
+  expect_only_err(buf, want);
+}
+
+static void test_filter_bad_values(void **state)
+{
+  static const struct {
+    const char *type, *line, *msg;
+  } cases[] = {
+    { "clamav", "max_scan_size = 1023",
+      "max_scan_size = 1023 is out of range (1K..4G)" },
+    { "clamav", "max_scan_size = 4097M",
+      "max_scan_size = 4097M is out of range (1K..4G)" },
+    { "clamav", "max_scan_size = lots",
+      "bad size \"lots\" for max_scan_size (use e.g. 512, 64K, 1M)" },
+    { "clamav", "max_file_size = 2049M",
+      "max_file_size = 2049M is out of range (1K..2G)" },
+    { "clamav", "max_file_size = 0",
+      "max_file_size = 0 is out of range (1K..2G)" },
+    { "clamav", "max_recursion = 0",
+      "max_recursion = 0 is out of range (1..64)" },
+    { "clamav", "max_recursion = 65",
+      "max_recursion = 65 is out of range (1..64)" },
+    { "clamav", "max_recursion = deep",
+      "bad number \"deep\" for max_recursion (use a whole number from 1 to "
+      "64)" },
+    { "clamav", "max_files = 0", "max_files = 0 is out of range (1..1000000)" },
+    { "clamav", "max_files = 1000001",
+      "max_files = 1000001 is out of range (1..1000000)" },
+    { "clamav", "scan_timeout = 999ms",
+      "scan_timeout = 999ms is out of range (1s..1h)" },
+    { "clamd", "scan_timeout = 61m",
+      "scan_timeout = 61m is out of range (1s..1h)" },
+    { "command", "scan_timeout = 0",
+      "scan_timeout = 0 is out of range (1s..1h)" },
+    { "clamav", "scan_timeout = 1 min",
+      "bad duration \"1 min\" for scan_timeout (use e.g. 30s, 10m, 1h)" },
+    { "clamav", "on_virus = drop",
+      "bad value \"drop\" for on_virus (use replace, tag or reject)" },
+    { "clamd", "on_virus =", "empty value for on_virus" },
+    { "clamav", "on_error = ignore",
+      "bad value \"ignore\" for on_error (use tempfail or pass)" },
+    { "clamav", "database = clamav",
+      "bad value \"clamav\" for database (use the absolute path of a "
+      "directory or a file)" },
+    { "clamav", "database = @/nosuch",
+      "cannot use database \"@/nosuch\": No such file or directory" },
+    { "clamav", "database = /dev/null",
+      "cannot use database \"/dev/null\": not a directory or a regular "
+      "file" },
+    { "clamav", "database =", "empty value for database" },
+    { "clamav", "quarantine_dir = q",
+      "bad value \"q\" for quarantine_dir (use an absolute directory path)" },
+    { "clamd", "quarantine_dir = @/nosuch",
+      "cannot use quarantine_dir \"@/nosuch\": No such file or directory" },
+    { "clamav", "quarantine_dir = @/a.pem",
+      "cannot use quarantine_dir \"@/a.pem\": not a directory" },
+    { "clamd", "socket = clamd.ctl",
+      "bad value \"clamd.ctl\" for socket: missing \":PORT\" (use the "
+      "absolute path of clamd's unix socket, or host:port)" },
+    { "clamd", "socket = localhost:0",
+      "bad value \"localhost:0\" for socket: the port must be a number from "
+      "1 to 65535 (use the absolute path of clamd's unix socket, or "
+      "host:port)" },
+    { "clamd", "socket = /run/clamav/",
+      "bad value \"/run/clamav/\" for socket (use the absolute path of "
+      "clamd's unix socket, or host:port)" },
+    { "clamd", "socket = /run/clamav/clamd ctl\x01",
+      "bad value \"/run/clamav/clamd ctl?\" for socket (use the absolute "
+      "path of clamd's unix socket, or host:port)" },
+    { "clamd", "socket =", "empty value for socket" },
+    { "command", "command = " PROG " -x",
+      "bad value \"" PROG " -x\" for command (the program's absolute path, "
+      "then its arguments, separated by spaces; no shell)" },
+    { "command", "command = @/nosuch -x",
+      "cannot run command \"@/nosuch\": No such file or directory" },
+    { "command", "command = @ -x",
+      "cannot run command \"@\": not a regular file" },
+    { "command", "command = @/a.pem",
+      "cannot run command \"@/a.pem\": not executable: Permission denied" },
+    { "command", "command = @/" PROG " \x01",
+      "bad value \"@/" PROG " ?\" for command (the program's absolute path, "
+      "then its arguments, separated by spaces; no shell)" },
+    { "command", "command =", "empty value for command" },
+    { "header", "add = X-Scanned-By popgate",
+      "bad value \"X-Scanned-By popgate\" for add (use \"Name: value\", as "
+      "in X-Scanned-By: popgate)" },
+    { "header", "add = : value",
+      "bad header name \"\" in add (1 to 76 printable ASCII characters, no "
+      "space or \":\", as in X-Scanned-By)" },
+    { "header", "add = X Scanned: popgate",
+      "bad header name \"X Scanned\" in add (1 to 76 printable ASCII "
+      "characters, no space or \":\", as in X-Scanned-By)" },
+    { "header", "add = X-\x7f: v",
+      "bad header name \"X-?\" in add (1 to 76 printable ASCII characters, "
+      "no space or \":\", as in X-Scanned-By)" },
+    { "header", "add = X-Caf\xc3\xa9: v",
+      "bad header name \"X-Caf\xc3\xa9\" in add (1 to 76 printable ASCII "
+      "characters, no space or \":\", as in X-Scanned-By)" },
+    { "header",
+      "add = NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN"
+      "NNNNNNNNNNNNN: v",
+      "bad header name \"NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN"
+      "NNNNNNNNNNNNNNNNNNNNNNNN\" in add (1 to 76 printable ASCII "
+      "characters, no space or \":\", as in X-Scanned-By)" },
+    { "header", "add = X-Name: caf\xc3\xa9",
+      "bad header value in add = X-Name: caf\xc3\xa9 (printable ASCII "
+      "characters and tabs only)" },
+    { "header", "add = X-Name: a\x01 b",
+      "bad header value in add = X-Name: a? b (printable ASCII characters "
+      "and tabs only)" },
+    { "header", "add =", "empty value for add" },
+  };
+  char buf[1024], want[1024], text[1024], sock[112];
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof *cases; i++) {
+    snprintf(text, sizeof text, "%s", T(cases[i].line));
+    snprintf(want, sizeof want, NAME ":8: %s", T(cases[i].msg));
+    expect_only_err(filter_text(buf, sizeof buf, cases[i].type, text), want);
+  }
+  /* Bad types; a bad type is the only error (no "missing" too). */
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = clamscan\n",
+                  NAME ":7: bad value \"clamscan\" for type (use clamav, "
+                  "clamd, command or header)");
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype =\nsocket = /x\n",
+                  NAME ":7: empty value for type");
+  /* A socket path of 107 characters fits sockaddr_un; 108 does not. */
+  memset(sock, 'a', 107);
+  sock[0] = '/';
+  sock[107] = '\0';
+  snprintf(want, sizeof want, "socket = %s", sock);
+  {
+    struct px_conf *c = load_ok(filter_text(buf, sizeof buf, "clamd", want));
+    assert_int_equal(strlen(c->filters[0].socket), 107);
+    px_conf_unref(&c);
+  }
+  strcat(sock, "b");
+  snprintf(want, sizeof want, "socket = %s", sock);
+  filter_text(buf, sizeof buf, "clamd", want);
+  snprintf(want, sizeof want,
+           NAME ":8: socket path \"%.80s...\" is longer than 107 characters "
+           "(the limit of a unix socket address)",
+           sock);
+  expect_only_err(buf, want);
+  /* Not writable: only an unprivileged user can tell. */
+  if (geteuid() != 0) {
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/ro", tmpdir);
+    assert_int_equal(mkdir(dir, 0555), 0);
+    expect_only_err(filter_text(buf, sizeof buf, "clamav",
+                                T("quarantine_dir = @/ro")),
+                    T(NAME ":8: cannot use quarantine_dir \"@/ro\": not "
+                      "writable: Permission denied"));
+    rmdir(dir);
+  }
+}
+
+/* A key of another type is an error at its line, whether type comes
+ * before or after it; required keys are reported at the header. */
+static void test_filter_types(void **state)
+{
+  char buf[1024];
+
+  (void)state;
+  expect_only_err(filter_text(buf, sizeof buf, "clamav",
+                              "socket = /run/clamav/clamd.ctl"),
+                  NAME ":8: key socket is for type = clamd, this is type = "
+                  "clamav");
+  expect_only_err(BASE_L BASE_U "[filter:f]\nsocket = /run/c.ctl\n"
+                  "max_files = 5\ntype = clamd\n",
+                  NAME ":8: key max_files is for type = clamav, this is type "
+                  "= clamd");
+  expect_only_err(filter_text(buf, sizeof buf, "header", "scan_timeout = 5s"),
+                  NAME ":8: key scan_timeout is for type = clamav, clamd or "
+                  "command, this is type = header");
+  expect_only_err(filter_text(buf, sizeof buf, "command", "on_virus = tag"),
+                  NAME ":8: key on_virus is for type = clamav or clamd, this "
+                  "is type = command");
+  expect_only_err(filter_text(buf, sizeof buf, "header",
+                              T("quarantine_dir = @/q")),
+                  NAME ":8: key quarantine_dir is for type = clamav or clamd, "
+                  "this is type = header");
+  expect_only_err(filter_text(buf, sizeof buf, "clamd", "add = X-A: b"),
+                  NAME ":8: key add is for type = header, this is type = "
+                  "clamd");
+  expect_only_err(filter_text(buf, sizeof buf, "clamav",
+                              T("command = @/" PROG)),
+                  NAME ":8: key command is for type = command, this is type "
+                  "= clamav");
+  expect_only_err(filter_text(buf, sizeof buf, "clamd", T("database = @/db")),
+                  NAME ":8: key database is for type = clamav, this is type "
+                  "= clamd");
+  /* Each wrong key, sorted by line. */
+  expect_err_line(filter_text(buf, sizeof buf, "header",
+                              "max_recursion = 3\nmax_file_size = 1M"),
+                  NAME ":8: key max_recursion is for type = clamav, this is "
+                  "type = header");
+  assert_string_equal(err, NAME ":8: key max_recursion is for type = clamav, "
+                      "this is type = header\n" NAME ":9: key max_file_size "
+                      "is for type = clamav, this is type = header\n");
+
+  /* Required keys. */
+  expect_only_err(BASE_L BASE_U "[filter:f]\non_error = pass\n",
+                  NAME ":6: missing required key \"type\" in [filter:f]");
+  expect_only_err(BASE_L BASE_U "\n[filter:f]\ntype = clamd\n",
+                  NAME ":7: missing required key \"socket\" in [filter:f] "
+                  "(type = clamd needs it)");
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = command\n",
+                  NAME ":6: missing required key \"command\" in [filter:f] "
+                  "(type = command needs it)");
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = header\n",
+                  NAME ":6: missing required key \"add\" in [filter:f] "
+                  "(type = header needs at least one)");
+  /* A bad add still counts as given: one error, not two. */
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = header\nadd = bad\n",
+                  NAME ":8: bad value \"bad\" for add (use \"Name: value\", "
+                  "as in X-Scanned-By: popgate)");
+  /* Without a type nothing is of the wrong type. */
+  expect_only_err(BASE_L BASE_U "[filter:f]\nsocket = /x\nadd = X-A: b\n",
+                  NAME ":6: missing required key \"type\" in [filter:f]");
+
+  /* Duplicates: keys (add is repeatable), sections. */
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = clamav\ntype = clamd\n",
+                  NAME ":8: duplicate key \"type\" in [filter:f] (first at "
+                  "line 7)");
+  expect_only_err(filter_text(buf, sizeof buf, "clamd",
+                              "socket = /a\nsocket = /b"),
+                  NAME ":9: duplicate key \"socket\" in [filter:f] (first at "
+                  "line 8)");
+  expect_only_err(BASE_L BASE_U "[filter:f]\ntype = clamav\n"
+                  "[filter:f]\ntype = header\nadd = X-A: b\n",
+                  NAME ":8: duplicate section [filter:f] (first at line 6)");
+  /* The duplicate's values are still checked. */
+  expect_err_line(BASE_L BASE_U "[filter:f]\ntype = clamav\n"
+                  "[filter:f]\ntype = clamav\nmax_files = 0\n",
+                  NAME ":10: max_files = 0 is out of range (1..1000000)");
+  assert_int_equal(count_lines(err), 2);
+  /* Names as for other sections. */
+  expect_only_err(BASE_L BASE_U "[filter:a/b]\ntype = clamav\n",
+                  NAME ":6: bad section name \"a/b\" in [filter:...] (use up "
+                  "to 64 letters, digits, \"_\", \".\" and \"-\")");
+  /* A listener and a filter may share a name. */
+  {
+    struct px_conf *c = load_ok(BASE_L BASE_U "[filter:a]\ntype = clamav\n"
+                                "[filter:u]\ntype = clamav\n");
+    assert_int_equal(c->nfilters, 2);
+    px_conf_unref(&c);
+  }
+}
+
+/* filters = lists: resolved in order, to the right sections. */
+static void test_filters_list(void **state)
+{
+  static const char *const lists[] = {
+    "filters = z, a", "filters = z,a", "filters = z a", "filters = z ,a",
+    "filters = z\t, a", "filters = z,\n  a", "filters = z\n  a ; comment",
+    "filters = z ; a",
+  };
+  static const char defs[] = "[filter:a]\ntype = header\nadd = X-A: 1\n"
+                             "[filter:m]\ntype = clamav\n"
+                             "[filter:z]\ntype = clamd\nsocket = /x\n";
+  char buf[1024];
+  struct px_conf *c;
+  const struct px_conf_listener *l;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof lists / sizeof *lists; i++) {
+    snprintf(buf, sizeof buf, SPOOL BASE_L "%s\n" BASE_U "%s", lists[i],
+             defs);
+    c = load_ok(T(buf));
+    l = &c->listeners[0];
+    if (strstr(lists[i], "; a") != NULL) {
+      assert_int_equal(l->nfilters, 1);
+      assert_ptr_equal(l->filters[0], &c->filters[2]);
+      px_conf_unref(&c);
+      continue;
+    }
+    assert_int_equal(c->nfilters, 3);
+    assert_int_equal(l->nfilters, 2);
+    assert_int_equal(l->filters_line, 6);
+    assert_string_equal(l->filter_names[0], "z");
+    assert_string_equal(l->filter_names[1], "a");
+    assert_ptr_equal(l->filters[0], &c->filters[2]);
+    assert_ptr_equal(l->filters[1], &c->filters[0]);
+    assert_string_equal(l->filters[0]->name, "z");
+    assert_int_equal(l->filters[0]->type, PX_FLT_CLAMD);
+    assert_string_equal(c->spool_dir, T("@/spool"));
+    assert_int_equal(c->spool_dir_line, 2);
+    px_conf_unref(&c);
+  }
+
+  /* Empty: no filters (and no spool_dir needed). */
+  c = load_ok("[popgate]\nspool_dir = /nonexistent\n" BASE_L "filters =\n"
+              BASE_U "[filter:a]\ntype = clamav\n");
+  l = &c->listeners[0];
+  assert_int_equal(l->nfilters, 0);
+  assert_null(l->filters);
+  assert_int_equal(l->filters_line, 6);
+  px_conf_unref(&c);
+
+  /* Two listeners, one filter; a filter defined before its listener. */
+  c = load_ok(T(SPOOL "[filter:f]\ntype = header\nadd = X-A: 1\n" BASE_L
+                "filters = f\n[listener:b]\nbind = 127.0.0.1:1200\n"
+                "upstream = u\nfilters = f\n" BASE_U));
+  assert_ptr_equal(c->listeners[0].filters[0], &c->filters[0]);
+  assert_ptr_equal(c->listeners[1].filters[0], &c->filters[0]);
+  px_conf_unref(&c);
+
+  /* Many filters: the array grows while listeners point nowhere yet. */
+  {
+    char big[8192];
+    size_t n = (size_t)snprintf(big, sizeof big, SPOOL BASE_L "filters =");
+    for (i = 0; i < 20; i++)
+      n += (size_t)snprintf(big + n, sizeof big - n, "\n  f%zu", i);
+    n += (size_t)snprintf(big + n, sizeof big - n, "\n" BASE_U);
+    for (i = 0; i < 20; i++)
+      n += (size_t)snprintf(big + n, sizeof big - n,
+                            "[filter:f%zu]\ntype = clamav\n", 19 - i);
+    c = load_ok(T(big));
+    assert_int_equal(c->listeners[0].nfilters, 20);
+    for (i = 0; i < 20; i++)
+      assert_ptr_equal(c->listeners[0].filters[i], &c->filters[19 - i]);
+    px_conf_unref(&c);
+  }
+}
+
+static void test_filters_list_errors(void **state)
+{
+  (void)state;
+  /* Dangling, at the line of filters (a continued list: its first line). */
+  expect_only_err(T(SPOOL BASE_L "filters = nosuch\n" BASE_U),
+                  NAME ":6: filter \"nosuch\" in [listener:a] is not defined "
+                  "(no [filter:nosuch] section)");
+  expect_err_line(T(SPOOL BASE_L "filters = f,\n  x\n  y\n" BASE_U
+                    "[filter:f]\ntype = clamav\n"),
+                  NAME ":6: filter \"x\" in [listener:a] is not defined (no "
+                  "[filter:x] section)");
+  expect_err_line(T(SPOOL BASE_L "filters = f,\n  x\n  y\n" BASE_U
+                    "[filter:f]\ntype = clamav\n"),
+                  NAME ":6: filter \"y\" in [listener:a] is not defined (no "
+                  "[filter:y] section)");
+  assert_int_equal(count_lines(err), 2);
+  /* Names are case-sensitive; a broken [filter:...] defines nothing. */
+  expect_only_err(T(SPOOL BASE_L "filters = F\n" BASE_U
+                    "[filter:f]\ntype = clamav\n"),
+                  NAME ":6: filter \"F\" in [listener:a] is not defined (no "
+                  "[filter:F] section)");
+  /* Listed twice. */
+  expect_only_err(T(SPOOL BASE_L "filters = f, g f\n" BASE_U
+                    "[filter:f]\ntype = clamav\n[filter:g]\ntype = clamav\n"),
+                  NAME ":6: filter \"f\" is listed twice in filters");
+  expect_only_err(T(SPOOL BASE_L "filters = f,\n  f\n" BASE_U
+                    "[filter:f]\ntype = clamav\n"),
+                  NAME ":6: filter \"f\" is listed twice in filters (lines "
+                  "6-7 joined: an indented line continues the value above "
+                  "it)");
+  /* Bad lists. */
+  expect_only_err(BASE_L "filters = f,,g\n" BASE_U,
+                  NAME ":4: bad value \"f,,g\" for filters (names of "
+                  "[filter:NAME] sections, separated by commas or spaces)");
+  expect_only_err(BASE_L "filters = , f\n" BASE_U,
+                  NAME ":4: bad value \", f\" for filters (names of "
+                  "[filter:NAME] sections, separated by commas or spaces)");
+  expect_only_err(BASE_L "filters = f,\n" BASE_U,
+                  NAME ":4: bad value \"f,\" for filters (names of "
+                  "[filter:NAME] sections, separated by commas or spaces)");
+  expect_only_err(BASE_L "filters = f;g\n" BASE_U,
+                  NAME ":4: bad name \"f;g\" in filters (the NAME of a "
+                  "[filter:NAME] section; separate names with commas or "
+                  "spaces)");
+  expect_only_err(BASE_L "filters = "
+                  "a23456789012345678901234567890123456789012345678901234567890"
+                  "12345\n" BASE_U,
+                  NAME ":4: bad name \""
+                  "a23456789012345678901234567890123456789012345678901234567890"
+                  "12345\" in filters (the NAME of a [filter:NAME] section; "
+                  "separate names with commas or spaces)");
+  expect_only_err(BASE_L "filters = a\n  "
+                  "b2345678901234567890123456789012345678901234567890123456789"
+                  "0123456789\n" BASE_U,
+                  NAME ":4: bad name \""
+                  "b2345678901234567890123456789012345678901234567890123456789"
+                  "012345...\" in filters (the NAME of a [filter:NAME] "
+                  "section; separate names with commas or spaces) (lines 4-5 "
+                  "joined: an indented line continues the value above it)");
+  expect_only_err(T(SPOOL BASE_L "filters = a\nfilters = b\n" BASE_U
+                    "[filter:a]\ntype = clamav\n[filter:b]\ntype = clamav\n"),
+                  NAME ":7: duplicate key \"filters\" in [listener:a] (first "
+                  "at line 6)");
+}
+
+/* spool_dir: checked only when a listener has filters, the default too;
+ * the sizes against memory_per_message. */
+static void test_spool(void **state)
+{
+  static const char filt[] = "filters = f\n" BASE_U
+                             "[filter:f]\ntype = header\nadd = X-A: b\n";
+  char buf[1024];
+  struct px_conf *c;
+  int rc;
+
+  (void)state;
+  /* Unused spool_dir: not looked at. */
+  c = load_ok("[popgate]\nspool_dir = /nonexistent/x\n" BASE_L BASE_U
+              "[filter:f]\ntype = clamav\n");
+  assert_string_equal(c->spool_dir, "/nonexistent/x");
+  px_conf_unref(&c);
+
+  /* Used: must be a writable directory. */
+  snprintf(buf, sizeof buf, "[popgate]\nspool_dir = @/nosuch\n" BASE_L "%s",
+           filt);
+  expect_only_err(T(buf), T(NAME ":2: cannot use spool_dir \"@/nosuch\": No "
+                            "such file or directory"));
+  snprintf(buf, sizeof buf, "[popgate]\nspool_dir = @/a.pem\n" BASE_L "%s",
+           filt);
+  expect_only_err(T(buf), T(NAME ":2: cannot use spool_dir \"@/a.pem\": not a "
+                            "directory"));
+  snprintf(buf, sizeof buf, "[popgate]\nspool_dir = @/spool/\n" BASE_L "%s",
+           filt);
+  c = load_ok(T(buf));
+  assert_string_equal(c->spool_dir, T("@/spool/"));
+  px_conf_unref(&c);
+  if (geteuid() != 0) {
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/ro", tmpdir);
+    assert_int_equal(mkdir(dir, 0555), 0);
+    snprintf(buf, sizeof buf, "[popgate]\nspool_dir = @/ro\n" BASE_L "%s",
+             filt);
+    expect_only_err(T(buf), T(NAME ":2: cannot use spool_dir \"@/ro\": not "
+                              "writable: Permission denied"));
+    rmdir(dir);
+  }
+
+  /* The default, at the line of the first filters = that needs it. */
+  snprintf(buf, sizeof buf, BASE_L "%s", filt);
+  if (access("/var/spool/popgate", W_OK | X_OK) == 0) {
+    c = load_ok(buf);
+    assert_string_equal(c->spool_dir, "/var/spool/popgate");
+    px_conf_unref(&c);
+  } else {
+    rc = px_conf_load_string(NAME, buf, &c, err, sizeof err);
+    assert_int_equal(rc, -EINVAL);
+    assert_int_equal(count_lines(err), 1);
+    assert_memory_equal(err, NAME ":4: cannot use spool_dir "
+                        "\"/var/spool/popgate\" (the default; filters need "
+                        "it: set spool_dir in [popgate]): ", 104);
+  }
+
+  /* Sizes. */
+  c = load_ok("[popgate]\nmemory_per_message = 4K\nmax_message_size = 4K\n"
+              "memory_budget = 4K\n" BASE_L BASE_U);
+  assert_true(c->max_message_size == 4096);
+  px_conf_unref(&c);
+  c = load_ok("[popgate]\nmemory_per_message = 1G\nmax_message_size = 1G\n"
+              "memory_budget = 1G\n" BASE_L BASE_U);
+  assert_true(c->memory_per_message == 1073741824);
+  px_conf_unref(&c);
+  expect_only_err("[popgate]\nmax_message_size = 8K\n" BASE_L BASE_U,
+                  NAME ":2: max_message_size = 8K is below "
+                  "memory_per_message = 1M");
+  expect_only_err("[popgate]\nmemory_budget = 512K\n" BASE_L BASE_U,
+                  NAME ":2: memory_budget = 512K is below memory_per_message "
+                  "= 1M");
+  expect_only_err("[popgate]\nmemory_per_message = 2M\nmax_message_size = "
+                  "1048577\nmemory_budget = 2M\n" BASE_L BASE_U,
+                  NAME ":3: max_message_size = 1048577 is below "
+                  "memory_per_message = 2M");
+  expect_err_line("[popgate]\nmemory_per_message = 512M\n" BASE_L BASE_U,
+                  NAME ":2: memory_per_message = 512M is above "
+                  "max_message_size (256M, the default)");
+  expect_err_line("[popgate]\nmemory_per_message = 512M\n" BASE_L BASE_U,
+                  NAME ":2: memory_per_message = 512M is above memory_budget "
+                  "(256M, the default)");
+  assert_int_equal(count_lines(err), 2);
+}
+
+/* Every filter key in one file, with two listeners. */
+static void test_filters_full(void **state)
+{
+  struct px_conf *c = load_ok(T(
+    "[popgate]\n"
+    "spool_dir = @/spool\n"
+    "memory_per_message = 64K\n"
+    "max_message_size = 50M\n"
+    "memory_budget = 1G\n"
+    "scan_threads = 3\n"
+    "[listener:a]\n"
+    "bind = 127.0.0.1:1100\n"
+    "upstream = u\n"
+    "filters = av, spam, stamp\n"
+    "[listener:b]\n"
+    "bind = 127.0.0.1:1200\n"
+    "upstream = u\n"
+    "filters = clamd\n"
+    BASE_U
+    "[filter:av]\n"                         /* 17 */
+    "on_virus = tag ; type comes later\n"
+    "type = clamav\n"
+    "database = @/db\n"
+    "max_scan_size = 10M\n"
+    "max_file_size = 5M\n"
+    "max_recursion = 8\n"
+    "max_files = 500\n"
+    "scan_timeout = 30s\n"
+    "quarantine_dir = @/q\n"
+    "on_error = pass\n"
+    "[filter:clamd]\n"                      /* 28 */
+    "type = clamd\n"
+    "socket = 127.0.0.1:3310\n"
+    "scan_timeout = 10s\n"
+    "on_virus = reject\n"
+    "on_error = tempfail\n"
+    "[filter:spam]\n"                       /* 34 */
+    "type = command\n"
+    "command = @/" PROG " -x\n"
+    "scan_timeout = 2m\n"
+    "[filter:stamp]\n"                      /* 38 */
+    "type = header\n"
+    "add = X-Scanned-By: popgate\n"
+    "add = X-Spam-Checked: yes\n"));
+  const struct px_conf_filter *f;
+  const struct px_conf_listener *l;
+
+  (void)state;
+  assert_string_equal(c->spool_dir, T("@/spool"));
+  assert_true(c->memory_per_message == 65536);
+  assert_true(c->max_message_size == 50 * 1048576);
+  assert_true(c->memory_budget == 1073741824);
+  assert_int_equal(c->scan_threads, 3);
+  assert_int_equal(c->nfilters, 4);
+
+  l = &c->listeners[0];
+  assert_int_equal(l->nfilters, 3);
+  assert_int_equal(l->filters_line, 10);
+  assert_ptr_equal(l->filters[0], &c->filters[0]);
+  assert_ptr_equal(l->filters[1], &c->filters[2]);
+  assert_ptr_equal(l->filters[2], &c->filters[3]);
+  l = &c->listeners[1];
+  assert_int_equal(l->nfilters, 1);
+  assert_ptr_equal(l->filters[0], &c->filters[1]);
+
+  f = &c->filters[0];
+  assert_string_equal(f->name, "av");
+  assert_int_equal(f->line, 17);
+  assert_int_equal(f->type, PX_FLT_CLAMAV);
+  assert_string_equal(f->database, T("@/db"));
+  assert_int_equal(f->database_line, 20);
+  assert_true(f->max_scan_size == 10 * 1048576);
+  assert_true(f->max_file_size == 5 * 1048576);
+  assert_int_equal(f->max_recursion, 8);
+  assert_int_equal(f->max_files, 500);
+  assert_true(f->scan_timeout_ms == 30000);
+  assert_int_equal(f->on_virus, PX_ONV_TAG);
+  assert_string_equal(f->quarantine_dir, T("@/q"));
+  assert_int_equal(f->quarantine_line, 26);
+  assert_int_equal(f->on_error, PX_ONE_PASS);
+
+  f = &c->filters[1];
+  assert_string_equal(f->name, "clamd");
+  assert_int_equal(f->type, PX_FLT_CLAMD);
+  assert_string_equal(f->socket, "127.0.0.1:3310");
+  assert_true(f->scan_timeout_ms == 10000);
+  assert_int_equal(f->on_virus, PX_ONV_REJECT);
+  assert_int_equal(f->on_error, PX_ONE_TEMPFAIL);
+  assert_null(f->database);
+  assert_null(f->quarantine_dir);
+
+  f = &c->filters[2];
+  assert_int_equal(f->type, PX_FLT_COMMAND);
+  assert_int_equal(f->argc, 2);
+  assert_string_equal(f->argv[0], T("@/" PROG));
+  assert_string_equal(f->argv[1], "-x");
+  assert_null(f->argv[2]);
+  assert_true(f->scan_timeout_ms == 120000);
+
+  f = &c->filters[3];
+  assert_int_equal(f->type, PX_FLT_HEADER);
+  assert_int_equal(f->nadd, 2);
+  assert_string_equal(f->add[0], "X-Scanned-By: popgate");
+  assert_string_equal(f->add[1], "X-Spam-Checked: yes");
+  px_conf_unref(&c);
+}
+
 /* ---- a real file ---- */
 
 static void test_file(void **state)
@@ -1802,9 +2731,10 @@ static int cleanup_files(void **state)
 }
 
 /* The annotated example must stay valid, with its commented-out examples
- * too. Their cert, key and ca_file paths are examples: each such line is
- * pointed at one of the test's files instead. Run from the repository root
- * (or tests/unit); skipped elsewhere. */
+ * too. Their cert, key, ca_file, spool_dir, database, quarantine_dir and
+ * command paths are examples: each such line is pointed at one of the
+ * test's files or directories instead. Run from the repository root (or
+ * tests/unit); skipped elsewhere. */
 static void test_example_file(void **state)
 {
   static const char *const paths[] = { "conf/popgate.ini",
@@ -1814,12 +2744,18 @@ static void test_example_file(void **state)
     ";upstream =", ";[listener:pop3s]", ";tls =", ";cert =", ";key =",
     ";tls_min_version =", ";ciphers =", ";require_tls =",
     ";handshake_timeout =", ";[upstream:secure]", ";verify =", ";ca_file =",
-    ";server_name =",
+    ";server_name =", ";filters =", ";[filter:", ";type =", ";database =",
+    ";max_scan_size =", ";max_file_size =", ";max_recursion =",
+    ";max_files =", ";scan_timeout =", ";on_virus =", ";quarantine_dir =",
+    ";on_error =", ";socket =", ";command =", ";add =",
   };
+  /* Applied to every such line, commented out in the file or not. */
   static const struct {
     const char *prefix, *file;
-  } files[] = { { "cert =", "a.pem" }, { "key =", "a.key" },
-                { "ca_file =", "ca.pem" } };
+  } files[] = { { "cert =", "a.pem" },          { "key =", "a.key" },
+                { "ca_file =", "ca.pem" },      { "spool_dir =", "spool" },
+                { "database =", "db" },         { "quarantine_dir =", "q" },
+                { "command =", PROG " -x" } };
   char *text, *out, *line, *nl;
   const struct px_conf_listener *l;
   const struct px_conf_upstream *u;
@@ -1843,12 +2779,19 @@ static void test_example_file(void **state)
   text[len] = '\0';
   fclose(f);
 
-  /* As shipped: one plain listener, which -t warns about. */
+  /* As shipped: one plain listener, which -t warns about, no filters, and
+   * every default spelled out. */
   c = load_ok(text);
   assert_int_equal(c->nlisteners, 1);
   assert_int_equal(c->nupstreams, 1);
   assert_null(c->metrics.host);
   assert_int_equal(c->listeners[0].tls, PX_TLS_OFF);
+  assert_int_equal(c->listeners[0].nfilters, 0);
+  assert_int_equal(c->nfilters, 0);
+  assert_string_equal(c->spool_dir, "/var/spool/popgate");
+  assert_true(c->memory_per_message == 1048576);
+  assert_true(c->max_message_size == 268435456);
+  assert_true(c->memory_budget == 268435456);
   assert_int_equal(px_conf_warnings(c, err, sizeof err), 1);
   px_conf_unref(&c);
 
@@ -1867,16 +2810,16 @@ static void test_example_file(void **state)
     if (i < sizeof uncomment / sizeof *uncomment) {
       line++;
       n--;
-      for (i = 0; i < sizeof files / sizeof *files; i++) {
-        if (strncmp(line, files[i].prefix, strlen(files[i].prefix)) == 0) {
-          used += (size_t)snprintf(out + used, cap - used, "%s %s/%s\n",
-                                   files[i].prefix, tmpdir, files[i].file);
-          break;
-        }
-      }
-      if (i < sizeof files / sizeof *files)
-        continue;
     }
+    for (i = 0; i < sizeof files / sizeof *files; i++) {
+      if (strncmp(line, files[i].prefix, strlen(files[i].prefix)) == 0) {
+        used += (size_t)snprintf(out + used, cap - used, "%s %s/%s\n",
+                                 files[i].prefix, tmpdir, files[i].file);
+        break;
+      }
+    }
+    if (i < sizeof files / sizeof *files)
+      continue;
     assert_true(used + n < cap);
     memcpy(out + used, line, n);
     used += n;
@@ -1905,6 +2848,22 @@ static void test_example_file(void **state)
   assert_non_null(u->server_name);
   assert_non_null(u->client.cert);
   assert_non_null(u->client.key);
+  /* One filter of each type, two of them on the first listener. */
+  assert_int_equal(c->nfilters, 4);
+  l = &c->listeners[0];
+  assert_int_equal(l->nfilters, 2);
+  assert_string_equal(l->filters[0]->name, "clamav");
+  assert_int_equal(l->filters[0]->type, PX_FLT_CLAMAV);
+  assert_non_null(l->filters[0]->quarantine_dir);
+  assert_true(l->filters[0]->max_scan_size == 100 * 1048576);
+  assert_string_equal(l->filters[1]->name, "stamp");
+  assert_int_equal(l->filters[1]->type, PX_FLT_HEADER);
+  assert_int_equal(l->filters[1]->nadd, 1);
+  assert_int_equal(c->filters[1].type, PX_FLT_CLAMD);
+  assert_non_null(c->filters[1].socket);
+  assert_int_equal(c->filters[2].type, PX_FLT_COMMAND);
+  assert_int_equal(c->filters[2].argc, 2);
+  assert_string_equal(c->spool_dir, T("@/spool"));
   /* The two plain listeners. */
   assert_int_equal(px_conf_warnings(c, err, sizeof err), 2);
   px_conf_unref(&c);
@@ -1976,6 +2935,15 @@ int main(void)
     cmocka_unit_test(test_tls_files),
     cmocka_unit_test(test_tls_upstream),
     cmocka_unit_test(test_warnings),
+    cmocka_unit_test(test_filter_defaults),
+    cmocka_unit_test(test_filter_good_values),
+    cmocka_unit_test(test_filter_string_values),
+    cmocka_unit_test(test_filter_bad_values),
+    cmocka_unit_test(test_filter_types),
+    cmocka_unit_test(test_filters_list),
+    cmocka_unit_test(test_filters_list_errors),
+    cmocka_unit_test(test_spool),
+    cmocka_unit_test(test_filters_full),
     cmocka_unit_test_teardown(test_file, cleanup_files),
     cmocka_unit_test(test_example_file),
     cmocka_unit_test(test_refs),
