@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "conf.h"
+#include "filter.h"
 #include "log.h"
 #include "metrics.h"
 #include "px.h"
@@ -42,13 +43,15 @@ struct px_main {
 };
 
 void px_runtime_gen(struct px_runtime *rt, struct px_conf **c,
-                    struct px_tls_ctxs **tls)
+                    struct px_tls_ctxs **tls, struct flt_set **flt)
 {
   pthread_mutex_lock(&rt->mu);
   *c = rt->conf;
   px_conf_ref(*c);
   *tls = rt->tls;
   px_tls_ctxs_ref(*tls);
+  *flt = rt->flt;
+  flt_set_ref(*flt);
   pthread_mutex_unlock(&rt->mu);
 }
 
@@ -194,6 +197,7 @@ static void reload(struct px_main *m)
   char err[PX_ERRBUF];
   struct px_conf *nc = NULL, *old;
   struct px_tls_ctxs *ntls = NULL, *oldtls;
+  struct flt_set *nflt = NULL, *oldflt;
   const char *why;
   int rc;
 
@@ -222,10 +226,21 @@ static void reload(struct px_main *m)
     px_conf_unref(&nc);
     return;
   }
+  /* A new clamav engine is built here, beside the one in use: scans in
+   * flight finish on the old one, which goes with its last session. */
+  rc = flt_set_new(nc, &nflt, err, sizeof err);
+  if (rc < 0) {
+    px_log(PX_LOG_ERROR, "ev=reload_failed err=\"%s\" action=kept_old",
+           first_line(err));
+    px_conf_unref(&nc);
+    px_tls_ctxs_unref(&ntls);
+    return;
+  }
   rc = px_log_open(nc);
   if (rc < 0) {
     px_log(PX_LOG_ERROR, "ev=reload_failed err=\"log: %s\" action=kept_old",
            strerror(-rc));
+    flt_set_unref(&nflt);
     px_conf_unref(&nc);
     px_tls_ctxs_unref(&ntls);
     return;
@@ -234,11 +249,14 @@ static void reload(struct px_main *m)
   pthread_mutex_lock(&m->rt.mu);
   old = m->rt.conf;
   oldtls = m->rt.tls;
+  oldflt = m->rt.flt;
   m->rt.conf = nc;
   m->rt.tls = ntls;
+  m->rt.flt = nflt;
   pthread_mutex_unlock(&m->rt.mu);
-  px_conf_unref(&old); /* sessions still on it keep their refs */
+  flt_set_unref(&oldflt); /* sessions still on it keep their refs */
   px_tls_ctxs_unref(&oldtls);
+  px_conf_unref(&old);
   px_log(PX_LOG_INFO, "ev=reload status=ok");
 }
 
@@ -315,6 +333,11 @@ static int setup_runtime(struct px_main *m)
   for (unsigned k = 0; k < rt->nworkers; k++) {
     rt->workers[k].idx = k;
     rt->workers[k].rt = rt;
+    /* Each worker's share of scan_threads, at least one. */
+    rt->workers[k].scan_quota =
+        c->scan_threads / rt->nworkers + (k < c->scan_threads % rt->nworkers);
+    if (rt->workers[k].scan_quota == 0)
+      rt->workers[k].scan_quota = 1;
   }
   return 0;
 }
@@ -335,6 +358,7 @@ static void free_runtime(struct px_runtime *rt)
       free(rt->workers[k].lsn);
   free(rt->lrt);
   free(rt->workers);
+  flt_set_unref(&rt->flt);
   px_tls_ctxs_unref(&rt->tls);
   px_conf_unref(&rt->conf);
 }
@@ -377,8 +401,15 @@ int main(int argc, char **argv)
 
   rc = px_conf_load(path, &m.rt.conf, err, sizeof err);
   if (rc == 0) {
-    /* Certificates, keys and CA files are checked here, -t included. */
+    /* Certificates, keys and CA files are checked here, -t included, and
+     * the filters' engines loaded (a database that does not load is an
+     * error now, not at the first message). */
     rc = px_tls_ctxs_new(m.rt.conf, &m.rt.tls, err, sizeof err);
+    if (rc == 0) {
+      rc = flt_set_new(m.rt.conf, &m.rt.flt, err, sizeof err);
+      if (rc < 0)
+        px_tls_ctxs_unref(&m.rt.tls);
+    }
     if (rc < 0)
       px_conf_unref(&m.rt.conf);
   }
@@ -389,16 +420,25 @@ int main(int argc, char **argv)
   if (check) {
     warn_config(m.rt.conf, 1);
     fprintf(stderr, "popgate: %s: configuration is valid\n", path);
+    flt_set_unref(&m.rt.flt);
     px_tls_ctxs_unref(&m.rt.tls);
     px_conf_unref(&m.rt.conf);
     return 0;
   }
 
   signal(SIGPIPE, SIG_IGN);
+  /* libuv's pool is sized once, at its first use: room for scan_threads
+   * blocking filter jobs plus threads for file and DNS work. */
+  {
+    char n[16];
+    snprintf(n, sizeof n, "%u", m.rt.conf->scan_threads + 4);
+    setenv("UV_THREADPOOL_SIZE", n, 1);
+  }
   rc = px_log_open(m.rt.conf);
   if (rc < 0) {
     fprintf(stderr, "popgate: cannot open log %s: %s\n", m.rt.conf->log_path,
             strerror(-rc));
+    flt_set_unref(&m.rt.flt);
     px_tls_ctxs_unref(&m.rt.tls);
     px_conf_unref(&m.rt.conf);
     return 1;

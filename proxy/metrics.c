@@ -109,6 +109,11 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
     sum.bytes_upstream_out += PX_CTR_GET(c->bytes_upstream_out);
     sum.upstream_errors_total += PX_CTR_GET(c->upstream_errors_total);
     sum.tls_handshakes_total += PX_CTR_GET(c->tls_handshakes_total);
+    for (int i = 0; i < PX_FV_COUNT; i++)
+      sum.messages_filtered[i] += PX_CTR_GET(c->messages_filtered[i]);
+    for (int i = 0; i <= PX_FSEC_BUCKETS; i++)
+      sum.filter_seconds[i] += PX_CTR_GET(c->filter_seconds[i]);
+    sum.filter_seconds_sum_us += PX_CTR_GET(c->filter_seconds_sum_us);
     sum.tls_handshake_failures_total +=
         PX_CTR_GET(c->tls_handshake_failures_total);
   }
@@ -152,6 +157,26 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
           "Client TLS handshakes that failed or timed out.", "counter");
   put(&o, "popgate_tls_handshake_failures_total %" PRIu64 "\n",
       sum.tls_handshake_failures_total);
+  counter(&o, "messages_filtered_total",
+          "Messages held for the filter chain, by outcome.", "counter");
+  for (int i = 0; i < PX_FV_COUNT; i++)
+    put(&o, "popgate_messages_filtered_total{verdict=\"%s\"} %" PRIu64 "\n",
+        px_fverdict_names[i], sum.messages_filtered[i]);
+  counter(&o, "filter_seconds", "Time the filter chain took per message.",
+          "histogram");
+  {
+    uint64_t cum = 0;
+    for (int i = 0; i < PX_FSEC_BUCKETS; i++) {
+      cum += sum.filter_seconds[i];
+      put(&o, "popgate_filter_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+          px_fsec_bounds[i], cum);
+    }
+    cum += sum.filter_seconds[PX_FSEC_BUCKETS];
+    put(&o, "popgate_filter_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
+    put(&o, "popgate_filter_seconds_sum %.6f\n",
+        (double)sum.filter_seconds_sum_us / 1e6);
+    put(&o, "popgate_filter_seconds_count %" PRIu64 "\n", cum);
+  }
   counter(&o, "workers", "Event-loop threads.", "gauge");
   put(&o, "popgate_workers %u\n", rt->nworkers);
   return o.n;

@@ -29,6 +29,8 @@
 #include <openssl/evp.h>
 
 #include "cmdq.h"
+#include "filter.h"
+#include "spool.h"
 #include "conn.h"
 #include "dot.h"
 #include "log.h"
@@ -67,6 +69,7 @@ struct px_session {
   const struct px_conf_upstream *cu;
   struct px_conf *conf;    /* the generation this session runs on */
   struct px_tls_ctxs *tls; /* and its TLS contexts */
+  struct flt_set *flt;     /* and its filters */
   uint64_t id;
   int refs;
   enum px_state st;
@@ -87,6 +90,9 @@ struct px_session {
   unsigned utf8 : 1;       /* RFC 6856 UTF8 accepted */
   unsigned up_paused : 1;  /* upstream reads stopped: client behind */
   unsigned stls : 1;       /* the client's STLS is queued or under way */
+  unsigned capture : 1;    /* the head's body goes to the spool */
+  unsigned holding : 1;    /* a held message is captured, scanned or sent:
+                              the upstream is not read meanwhile */
   unsigned up_stls : 2;    /* upstream STLS: 1 sent, 2 answered +OK */
 
   struct px_conn cli, up;
@@ -109,6 +115,8 @@ struct px_session {
   const char *up_host;   /* the server being tried (conf memory) */
   char *greeting;        /* upstream STLS: the greeting, held until TLS */
   size_t greetinglen;
+  struct px_hold *hold; /* the message held for the filters, if any */
+  unsigned nverdicts;   /* messages that were not delivered as they were */
   struct sockaddr_storage peer;
   char peer_str[64];
   char up_str[64];
@@ -122,6 +130,8 @@ static void dispatch(struct px_session *s);
 static void parse_client(struct px_session *s);
 static void up_connect_next(struct px_session *s);
 static int up_start_tls(struct px_session *s);
+static int hold_emitting(const struct px_session *s);
+static void hold_emit(struct px_session *s);
 static void arm_timer(struct px_session *s);
 static void session_close(struct px_session *s, const char *reason);
 
@@ -132,6 +142,7 @@ static void session_free(struct px_session *s)
   struct px_conf *c = s->conf;
 
   assert(s->refs == 0);
+  flt_set_unref(&s->flt);
   px_tls_ctxs_unref(&s->tls);
   px_conf_unref(&c);
   free(s);
@@ -603,7 +614,12 @@ static void client_written(struct px_conn *c, int status)
     return;
   }
   flush(s);
-  if (s->up_paused && px_conn_pending(&s->cli) < PX_LOW_WATER && !s->draining) {
+  if (hold_emitting(s) && px_conn_pending(&s->cli) < PX_LOW_WATER) {
+    hold_emit(s);
+    return;
+  }
+  if (s->up_paused && px_conn_pending(&s->cli) < PX_LOW_WATER && !s->draining &&
+      !s->holding) {
     s->up_paused = 0;
     if (px_conn_read_start(&s->up) < 0)
       upstream_failed(s, "upstream_error",
@@ -687,7 +703,9 @@ static int cli_start_tls(struct px_session *s)
 static void dispatch(struct px_session *s)
 {
   struct px_cmdq_ent *e;
-  unsigned window = s->pipelining ? PX_UP_WINDOW : 1;
+  /* A held message stops upstream reads: with filters, one answer at a
+   * time, so nothing can arrive behind it. */
+  unsigned window = s->pipelining && s->cl->nfilters == 0 ? PX_UP_WINDOW : 1;
 
   while (!s->closing && !s->draining && (e = px_cmdq_head(&s->q)) != NULL &&
          e->kind == PX_CQ_LOCAL) {
@@ -820,6 +838,420 @@ static void body_bytes(struct px_session *s, const char *p, size_t n)
   }
 }
 
+/* ---- held messages: the filter chain ------------------------------------
+ *
+ * On a listener with filters, the +OK of RETR or TOP is held, the body is
+ * un-stuffed into a spool (memory, then an unlinked file), and at its end
+ * the listener's chain runs in libuv's pool. Meanwhile the upstream is not
+ * read and the client sees nothing: a failure can still become a clean
+ * -ERR. The verdict decides what is sent; the held copy is freed on every
+ * path (delivered, refused, client or upstream gone).
+ */
+
+const char *const px_fverdict_names[] = { "clean",   "modified", "replace",
+                                          "tag",     "reject",   "unscanned",
+                                          "tempfail" };
+_Static_assert(sizeof px_fverdict_names / sizeof *px_fverdict_names ==
+                   PX_FV_COUNT,
+               "px_fverdict_names out of sync");
+const double px_fsec_bounds[PX_FSEC_BUCKETS] = { 0.01, 0.05, 0.1, 0.25, 0.5,
+                                                 1,    2.5,  5,   10,   30 };
+
+/* Encoded output produced per emission step: the client leg's watermark
+ * bounds what is queued, this bounds one step. */
+#define PX_EMIT_CHUNK (64 * 1024)
+
+enum px_hold_st {
+  PX_HOLD_CAPTURE = 0, /* the body is coming in */
+  PX_HOLD_WAIT,        /* complete, waiting for a pool slot */
+  PX_HOLD_SCAN,        /* the chain runs in the pool */
+  PX_HOLD_EMIT,        /* the verdict is going out to the client */
+  PX_HOLD_COUNT
+};
+
+struct px_hold {
+  struct px_hold *next; /* the worker's wait queue */
+  uv_work_t req;
+  struct px_session *s;
+  enum px_hold_st st;
+  char *status; /* the upstream's +OK line, without CRLF */
+  size_t statuslen;
+  char msgno[16];
+  struct px_spool spool;
+  int too_big;         /* over max_message_size: not scanned */
+  char unscanned[128]; /* why the chain was not run, when it was not */
+  struct flt_msg msg;  /* the pool's view of the spool */
+  struct flt_outcome out;
+  double seconds; /* the chain's run time */
+  int phase;      /* emission: 0 status, 1 headers, 2 body, 3 end, 4 done */
+  uint64_t off;
+};
+
+static int chain_all_pass(const struct px_session *s)
+{
+  for (size_t i = 0; i < s->cl->nfilters; i++)
+    if (s->cl->filters[i]->on_error != PX_ONE_PASS)
+      return 0;
+  return 1;
+}
+
+static void hold_free(struct px_hold **hp)
+{
+  struct px_hold *h = *hp;
+
+  *hp = NULL;
+  if (h == NULL)
+    return;
+  px_spool_free(&h->spool);
+  flt_outcome_free(&h->out);
+  free(h->status);
+  free(h);
+}
+
+/* The +OK of RETR or TOP arrived on a filtered listener: hold it. */
+static void hold_start(struct px_session *s, const struct px_fr_out *o,
+                       const struct px_cmdq_ent *e)
+{
+  struct px_hold *h = calloc(1, sizeof *h);
+  const char *sp;
+
+  if (h == NULL || (h->status = malloc(o->n ? o->n : 1)) == NULL) {
+    free(h);
+    session_close(s, "out_of_memory");
+    return;
+  }
+  memcpy(h->status, o->p, o->n);
+  h->statuslen = o->n;
+  /* "RETR 12\r\n" or "TOP 12 0\r\n": the message number, for the log. */
+  sp = memchr(e->line, ' ', e->len);
+  if (sp != NULL) {
+    size_t k = 0;
+    for (sp++; sp < e->line + e->len && *sp >= '0' && *sp <= '9' &&
+               k + 1 < sizeof h->msgno;
+         sp++)
+      h->msgno[k++] = *sp;
+  }
+  px_spool_init(&h->spool);
+  h->s = s;
+  s->hold = h;
+  s->capture = 1;
+  s->holding = 1;
+}
+
+/* Un-stuffed body bytes of the held message. */
+static void hold_append(struct px_session *s, const char *p, size_t n)
+{
+  struct px_hold *h = s->hold;
+  int rc;
+
+  if (h->spool.err < 0 || (h->too_big && !chain_all_pass(s)))
+    return; /* decided already: what follows is not kept */
+  if (!h->too_big && h->spool.size + n > s->conf->max_message_size) {
+    /* on_error = pass everywhere: deliver it unexamined, so keep it whole
+     * (on disk). Otherwise nothing more is kept: it will be -ERR. */
+    h->too_big = 1;
+    snprintf(h->unscanned, sizeof h->unscanned,
+             "message larger than max_message_size");
+    if (!chain_all_pass(s)) {
+      px_spool_free(&h->spool);
+      return;
+    }
+  }
+  rc = px_spool_append(&h->spool, s->conf, p, n);
+  if (rc < 0 && h->spool.fd < 0 && !h->spool.mem_only && chain_all_pass(s)) {
+    /* The spool file cannot be made. With on_error = pass the message is
+     * delivered unscanned, held in memory up to max_message_size. */
+    snprintf(h->unscanned, sizeof h->unscanned, "spool_dir: %s", strerror(-rc));
+    h->spool.err = 0;
+    h->spool.mem_only = 1;
+    rc = px_spool_append(&h->spool, s->conf, p, n);
+  }
+  if (rc < 0)
+    px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=spool_failed err=\"%s\"", s->id,
+           strerror(-rc));
+}
+
+static int hold_emitting(const struct px_session *s)
+{
+  return s->hold != NULL && s->hold->st == PX_HOLD_EMIT;
+}
+
+/* The outcome is known: count it, log it, then send it. */
+static void hold_verdict(struct px_session *s)
+{
+  struct px_hold *h = s->hold;
+  struct flt_outcome *o = &h->out;
+  enum px_fverdict v;
+
+  switch (o->v) {
+  case FLT_REJECT:
+    v = PX_FV_REJECT;
+    break;
+  case FLT_TEMPFAIL:
+    v = PX_FV_TEMPFAIL;
+    break;
+  case FLT_REPLACE:
+    v = o->virus[0] ? PX_FV_REPLACE : PX_FV_MODIFIED;
+    break;
+  default:
+    if (o->virus[0])
+      v = PX_FV_TAG;
+    else if (h->unscanned[0] || strncmp(o->reason, "unscanned", 9) == 0)
+      v = PX_FV_UNSCANNED;
+    else if (o->hdrs != NULL)
+      v = PX_FV_MODIFIED;
+    else
+      v = PX_FV_CLEAN;
+    break;
+  }
+  PX_CTR_ADD(s->w->ctr.messages_filtered[v], 1);
+  if (v != PX_FV_CLEAN && v != PX_FV_MODIFIED) {
+    s->nverdicts++;
+    px_log(PX_LOG_WARN,
+           "sid=%016" PRIx64 " ev=verdict filter=%s verdict=%s virus=%s "
+           "quarantine=%s msg=%s size=%" PRIu64 " reason=\"%s\"",
+           s->id, o->filter[0] ? o->filter : "-", px_fverdict_names[v],
+           o->virus[0] ? o->virus : "-",
+           o->quarantine_id[0] ? o->quarantine_id : "-",
+           h->msgno[0] ? h->msgno : "-", h->spool.size,
+           h->unscanned[0] ? h->unscanned : o->reason);
+  }
+  h->st = PX_HOLD_EMIT;
+  h->phase = 0;
+  h->off = 0;
+  hold_emit(s);
+}
+
+/* Sends the verdict, a slice at a time while the client keeps up; called
+ * again from the client's write callback. At the end the head's answer is
+ * complete and the upstream is read again. */
+static void hold_emit(struct px_session *s)
+{
+  struct px_hold *h = s->hold;
+  struct flt_outcome *o = &h->out;
+  char line[256];
+  char *chunk = s->w->scratch;
+
+  while (!s->closing && h->phase < 4 &&
+         px_conn_pending(&s->cli) < PX_HIGH_WATER) {
+    switch (h->phase) {
+    case 0:
+      if (o->v == FLT_REJECT || o->v == FLT_TEMPFAIL) {
+        if (o->v == FLT_REJECT)
+          snprintf(line, sizeof line,
+                   "-ERR [SYS/PERM] Message refused: %.100s\r\n", o->reason);
+        else
+          snprintf(line, sizeof line,
+                   "-ERR [SYS/TEMP] Message could not be checked, try "
+                   "again later\r\n");
+        to_client_str(s, line);
+        h->phase = 4;
+        break;
+      }
+      px_dot_enc_init(&s->enc);
+      if (o->hdrs == NULL && o->repl == NULL) {
+        to_client_line(s, h->status, h->statuslen); /* as the upstream said */
+      } else {
+        uint64_t size =
+            o->hdrslen + (o->repl != NULL ? o->repllen : h->spool.size);
+        snprintf(line, sizeof line, "+OK %" PRIu64 " octets\r\n", size);
+        to_client_str(s, line);
+      }
+      h->phase = 1;
+      break;
+    case 1:
+      if (o->hdrs != NULL)
+        body_bytes(s, o->hdrs, o->hdrslen);
+      h->phase = 2;
+      break;
+    case 2: {
+      ssize_t n;
+      if (o->repl != NULL) {
+        size_t left = o->repllen - (size_t)h->off;
+        n = (ssize_t)(left < PX_EMIT_CHUNK ? left : PX_EMIT_CHUNK);
+        memcpy(chunk, o->repl + h->off, (size_t)n);
+      } else {
+        n = px_spool_read(&h->spool, h->off, chunk, PX_EMIT_CHUNK);
+      }
+      if (n < 0) {
+        /* The held copy cannot be read back: the answer cannot be
+         * finished, and no invented end goes out. */
+        px_log(PX_LOG_ERROR, "sid=%016" PRIx64 " ev=spool_failed err=\"%s\"",
+               s->id, strerror((int)-n));
+        finish(s, "spool_error");
+        return;
+      }
+      if (n == 0) {
+        h->phase = 3;
+        break;
+      }
+      body_bytes(s, chunk, (size_t)n);
+      h->off += (uint64_t)n;
+      break;
+    }
+    case 3: {
+      char end[PX_DOT_END_MAX];
+      to_client(s, end, px_dot_encode_end(&s->enc, end));
+      h->phase = 4;
+      break;
+    }
+    }
+  }
+  flush(s);
+  if (s->closing || h->phase < 4)
+    return;
+  hold_free(&s->hold);
+  s->holding = 0;
+  complete_head(s);
+  if (!s->closing && !s->draining && px_conn_read_start(&s->up) < 0)
+    upstream_failed(s, "upstream_error",
+                    "-ERR [SYS/TEMP] Upstream failed, try again later\r\n");
+  dispatch(s);
+  flush(s);
+  update_reading(s);
+  arm_timer(s);
+}
+
+static void scan_work_cb(uv_work_t *req)
+{
+  struct px_hold *h = req->data;
+  uint64_t t0 = uv_hrtime();
+
+  flt_chain_run(h->s->flt, h->s->cl, &h->msg, h->s->id, &h->out);
+  h->seconds = (double)(uv_hrtime() - t0) / 1e9;
+}
+
+static void scan_next(struct px_worker *w);
+
+static void scan_after_cb(uv_work_t *req, int status)
+{
+  struct px_hold *h = req->data;
+  struct px_session *s = h->s;
+  struct px_worker *w = s->w;
+  size_t b = 0;
+
+  w->scans_running--;
+  scan_next(w);
+  while (b < PX_FSEC_BUCKETS && h->seconds > px_fsec_bounds[b])
+    b++;
+  PX_CTR_ADD(w->ctr.filter_seconds[b], 1);
+  PX_CTR_ADD(w->ctr.filter_seconds_sum_us, (uint64_t)(h->seconds * 1e6));
+  if (s->closing || status < 0) {
+    /* The client or the upstream went away meanwhile: nothing to send. */
+    if (s->hold == h)
+      s->hold = NULL;
+    hold_free(&h);
+  } else {
+    hold_verdict(s);
+  }
+  session_unref(&s);
+}
+
+static void scan_submit(struct px_hold *h)
+{
+  struct px_session *s = h->s;
+  int rc;
+
+  h->st = PX_HOLD_SCAN;
+  h->req.data = h;
+  session_ref(s); /* the job's */
+  s->w->scans_running++;
+  rc = uv_queue_work(&s->w->loop, &h->req, scan_work_cb, scan_after_cb);
+  if (rc < 0) {
+    s->w->scans_running--;
+    snprintf(h->out.reason, sizeof h->out.reason, "cannot queue the scan: %s",
+             uv_strerror(rc));
+    h->out.v = FLT_TEMPFAIL;
+    hold_verdict(s);
+    session_unref(&s);
+  }
+}
+
+/* Starts waiting scans while this worker is under its share of
+ * scan_threads, so that blocking filters never take every pool thread
+ * (file and DNS work still finds one). */
+static void scan_next(struct px_worker *w)
+{
+  while (w->scan_head != NULL && w->scans_running < w->scan_quota) {
+    struct px_hold *h = w->scan_head;
+    w->scan_head = h->next;
+    if (w->scan_head == NULL)
+      w->scan_tail = NULL;
+    h->next = NULL;
+    scan_submit(h);
+  }
+}
+
+/* The body is complete: decide without filters, or queue the chain. */
+static void hold_end(struct px_session *s)
+{
+  struct px_hold *h = s->hold;
+  struct px_worker *w = s->w;
+  static const char empty[1] = "";
+
+  s->capture = 0;
+  px_conn_read_stop(&s->up); /* nothing more is due (window 1) */
+  if (h->spool.err < 0 || (h->too_big && !chain_all_pass(s))) {
+    h->out.v = FLT_TEMPFAIL;
+    snprintf(h->out.reason, sizeof h->out.reason, "%s",
+             h->too_big ? "message larger than max_message_size"
+                        : "the spool failed");
+    hold_verdict(s);
+    return;
+  }
+  if (h->unscanned[0]) {
+    /* on_error = pass everywhere, and the chain cannot look: tag it. */
+    int n =
+        snprintf(NULL, 0, "X-Virus-Status: unscanned; %s\r\n", h->unscanned);
+    h->out.v = FLT_PASS;
+    h->out.hdrs = malloc((size_t)n + 1);
+    if (h->out.hdrs == NULL) {
+      session_close(s, "out_of_memory");
+      return;
+    }
+    snprintf(h->out.hdrs, (size_t)n + 1, "X-Virus-Status: unscanned; %s\r\n",
+             h->unscanned);
+    h->out.hdrslen = (size_t)n;
+    hold_verdict(s);
+    return;
+  }
+  h->msg.fd = h->spool.fd;
+  h->msg.size = h->spool.size;
+  if (h->spool.fd < 0) {
+    /* An empty message is still a message. */
+    h->msg.mem = h->spool.mem != NULL ? h->spool.mem : empty;
+    h->msg.len = h->spool.len;
+  } else {
+    lseek(h->spool.fd, 0, SEEK_SET);
+  }
+  h->st = PX_HOLD_WAIT;
+  if (w->scan_tail != NULL)
+    w->scan_tail->next = h;
+  else
+    w->scan_head = h;
+  w->scan_tail = h;
+  scan_next(w);
+}
+
+/* Session end with a held message: one still waiting for a slot leaves
+ * the queue; one in the pool is let go by its callback. */
+static void hold_drop(struct px_session *s)
+{
+  struct px_hold *h = s->hold, **pp, *prev = NULL;
+
+  if (h == NULL || h->st == PX_HOLD_SCAN)
+    return; /* none, or scan_after_cb frees it */
+  for (pp = &s->w->scan_head; *pp != NULL; prev = *pp, pp = &(*pp)->next)
+    if (*pp == h) {
+      *pp = h->next;
+      if (s->w->scan_tail == h)
+        s->w->scan_tail = prev;
+      break;
+    }
+  s->hold = NULL;
+  hold_free(&h);
+}
+
 static void on_status(struct px_session *s, const struct px_fr_out *o)
 {
   struct px_cmdq_ent *e = px_cmdq_head(&s->q);
@@ -865,6 +1297,14 @@ static void on_status(struct px_session *s, const struct px_fr_out *o)
       return;
     }
     s->up_stls = 2; /* the caller checks what follows, then starts TLS */
+    return;
+  }
+
+  if (o->ok && s->cl->nfilters > 0 && e->kind == PX_CQ_RELAY &&
+      (id == PX_CMD_RETR || id == PX_CMD_TOP)) {
+    /* Nothing of it reaches the client before the verdict. */
+    s->nmsgs++;
+    hold_start(s, o, e);
     return;
   }
 
@@ -973,7 +1413,7 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
                       "-ERR [SYS/TEMP] Upstream protocol error\r\n");
       break;
     }
-    if (px_framer_in_body(&s->fr)) {
+    if (!s->capture && px_framer_in_body(&s->fr)) {
       /* No filter wants the message: re-stuff it straight into the
        * client's output, one pass. */
       size_t avail, outn;
@@ -1047,12 +1487,19 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
       parse_client(s);
       break;
     case PX_FR_BODY:
-      body_bytes(s, o.p, o.n);
+      if (s->capture)
+        hold_append(s, o.p, o.n);
+      else
+        body_bytes(s, o.p, o.n);
       break;
     case PX_FR_LINE:
       capa_line(s, o.p, o.n);
       break;
     case PX_FR_END:
+      if (s->capture) {
+        hold_end(s);
+        break;
+      }
       if (e->id == PX_CMD_CAPA) {
         /* STLS is this listener's to offer, in the clear and before
          * login only (RFC 2595 4). */
@@ -1077,8 +1524,12 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
     (void)px_framer_feed(&s->fr, NULL, 0, s->w->scratch, sizeof s->w->scratch,
                          &o);
     assert(o.ev == PX_FR_END);
-    to_client(s, end, px_dot_encode_end(&s->enc, end));
-    complete_head(s);
+    if (s->capture) {
+      hold_end(s);
+    } else {
+      to_client(s, end, px_dot_encode_end(&s->enc, end));
+      complete_head(s);
+    }
   }
 
   if (!s->closing && !s->draining) {
@@ -1381,7 +1832,7 @@ static uint64_t next_deadline(const struct px_session *s,
   }
   /* The upstream owes an answer, and is not held back by a slow client. */
   if (s->inflight > 0 && !s->connecting && !s->up_paused && !s->sasl_wait &&
-      s->t_up + s->cu->timeout_ms < dl) {
+      !(s->holding && !s->capture) && s->t_up + s->cu->timeout_ms < dl) {
     dl = s->t_up + s->cu->timeout_ms;
     *which = PX_DL_UPSTREAM;
   }
@@ -1500,15 +1951,16 @@ static void session_close(struct px_session *s, const char *reason)
     const char *name = px_tls_sni(s->cli.tls);
     px_log_sanitize(name, strlen(name), PX_USER_LOG_MAX, sni, sizeof sni);
   }
-  px_log(PX_LOG_INFO,
-         "sid=%016" PRIx64 " ev=close listener=%s client=%s user=%s "
-         "auth=%s upstream=%s tls=%s cipher=%s sni=%s cmds=%u msgs=%u "
-         "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%.3f reason=%s",
-         s->id, s->cl->name, s->peer_str, s->user[0] ? s->user : "-",
-         s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-",
-         s->cli.tls ? px_tls_version(s->cli.tls) : "-",
-         s->cli.tls ? px_tls_cipher(s->cli.tls) : "-", sni, s->ncmds, s->nmsgs,
-         s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
+  px_log(
+      PX_LOG_INFO,
+      "sid=%016" PRIx64 " ev=close listener=%s client=%s user=%s "
+      "auth=%s upstream=%s tls=%s cipher=%s sni=%s verdicts=%u cmds=%u msgs=%u "
+      "bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%.3f reason=%s",
+      s->id, s->cl->name, s->peer_str, s->user[0] ? s->user : "-",
+      s->auth_ok ? "ok" : "no", s->up_str[0] ? s->up_str : "-",
+      s->cli.tls ? px_tls_version(s->cli.tls) : "-",
+      s->cli.tls ? px_tls_cipher(s->cli.tls) : "-", sni, s->nverdicts, s->ncmds,
+      s->nmsgs, s->cli.bytes_in, s->cli.bytes_out, secs, s->reason);
 
   PX_CTR_ADD(w->ctr.connections_active, -1);
   if (s->counted)
@@ -1523,6 +1975,7 @@ static void session_close(struct px_session *s, const char *reason)
   drop_cin(s);
   free(s->greeting);
   s->greeting = NULL;
+  hold_drop(s);
   if (s->ai != NULL) {
     uv_freeaddrinfo(s->ai);
     s->ai = NULL;
@@ -1556,7 +2009,7 @@ int px_session_accept(struct px_worker *w, struct px_lrt *l,
   s->refs = 1; /* alive */
   s->w = w;
   s->lrt = l;
-  px_runtime_gen(w->rt, &s->conf, &s->tls);
+  px_runtime_gen(w->rt, &s->conf, &s->tls, &s->flt);
   s->cl = &s->conf->listeners[l->idx];
   s->cu = s->cl->upstream;
   s->id = ((uint64_t)w->idx << 48) | ++w->next_sid;

@@ -21,7 +21,26 @@
 #define PX_SLAB_SIZE (256 * 1024)
 
 struct px_session;
+struct px_hold;
 struct px_iptab;
+struct flt_set;
+
+/* What happened to a held message, for metrics and logs. */
+enum px_fverdict {
+  PX_FV_CLEAN = 0,  /* delivered as it was */
+  PX_FV_MODIFIED,   /* headers added or replaced by a filter (not a virus) */
+  PX_FV_REPLACE,    /* infected, replaced by a notice */
+  PX_FV_TAG,        /* infected, delivered tagged */
+  PX_FV_REJECT,     /* infected, refused */
+  PX_FV_UNSCANNED,  /* not examined, delivered tagged (on_error = pass) */
+  PX_FV_TEMPFAIL,   /* not examined, refused for now (on_error = tempfail) */
+  PX_FV_COUNT
+};
+extern const char *const px_fverdict_names[];
+
+/* filter_seconds buckets, upper bounds in seconds. */
+#define PX_FSEC_BUCKETS 10
+extern const double px_fsec_bounds[PX_FSEC_BUCKETS];
 
 /* Counters of one worker; summed over workers when read (metrics.c).
  * Each has one writer, the worker's thread, so an update is a relaxed load
@@ -43,6 +62,9 @@ struct px_counters {
   uint64_t upstream_errors_total;
   uint64_t tls_handshakes_total;
   uint64_t tls_handshake_failures_total;
+  uint64_t messages_filtered[PX_FV_COUNT]; /* by enum px_fverdict */
+  uint64_t filter_seconds[PX_FSEC_BUCKETS + 1]; /* histogram, +Inf last */
+  uint64_t filter_seconds_sum_us;
 };
 
 /* A listener's state shared by all workers. Reloads keep listeners as
@@ -58,9 +80,10 @@ struct px_lrt {
 };
 
 struct px_runtime {
-  pthread_mutex_t mu;      /* guards conf and tls (the pointers) */
+  pthread_mutex_t mu;      /* guards conf, tls and flt (the pointers) */
   struct px_conf *conf;    /* the current generation... */
-  struct px_tls_ctxs *tls; /* ...and its TLS contexts */
+  struct px_tls_ctxs *tls; /* ...its TLS contexts */
+  struct flt_set *flt;     /* ...and its filters */
   struct px_lrt *lrt;   /* conf->nlisteners of them */
   struct px_worker *workers;
   unsigned nworkers;
@@ -83,6 +106,10 @@ struct px_worker {
   int done;              /* the loop has ended (read by main) */
   int stopping;
   struct px_session *sessions; /* open sessions, a list */
+  struct px_hold *scan_head;   /* held messages waiting for a pool slot */
+  struct px_hold *scan_tail;
+  unsigned scans_running;      /* this worker's jobs in the pool */
+  unsigned scan_quota;         /* its share of scan_threads */
   unsigned nsessions;
   uint64_t next_sid;
   struct px_counters ctr;
@@ -107,9 +134,9 @@ void px_iptab_free(struct px_iptab **tp);
 
 /* The current configuration, with a reference the caller drops. */
 struct px_conf *px_runtime_conf(struct px_runtime *rt);
-/* The same with its TLS contexts, both referenced. */
+/* The same with its TLS contexts and filters, all referenced. */
 void px_runtime_gen(struct px_runtime *rt, struct px_conf **c,
-                    struct px_tls_ctxs **tls);
+                    struct px_tls_ctxs **tls, struct flt_set **flt);
 
 /* worker.c */
 int px_worker_start(struct px_worker *w);

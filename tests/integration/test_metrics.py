@@ -23,9 +23,9 @@ def values(text):
         if line.startswith("#"):
             assert re.match(r"# (HELP|TYPE) popgate_\w+ ", line), line
             continue
-        m = re.fullmatch(r'(popgate_\w+(?:\{\w+="[^"]*"\})?) (-?\d+)', line)
+        m = re.fullmatch(r'(popgate_\w+(?:\{\w+="[^"]*"\})?) (-?\d+(?:\.\d+)?)', line)
         assert m, "malformed sample line: %r" % line
-        out[m.group(1)] = int(m.group(2))
+        out[m.group(1)] = float(m.group(2)) if "." in m.group(2) else int(m.group(2))
     return out
 
 

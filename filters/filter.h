@@ -1,0 +1,103 @@
+/* filter.h - the filter API: the only filter header proxy/ sees.
+ *
+ * Every message that leaves the upstream (RETR, TOP) on a listener with
+ * filters = ... is held, un-stuffed, and handed to the listener's chain of
+ * [filter:NAME] sections in order, in a thread of libuv's pool (never on an
+ * event loop). A filter examines the message and reports what it found; the
+ * chain (chain.c) applies the filter's policy (on_virus, on_error,
+ * quarantine_dir) and combines the filters into one outcome that session.c
+ * turns into what the client gets.
+ */
+#ifndef FLT_FILTER_H
+#define FLT_FILTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf.h"
+
+enum flt_verdict {
+  FLT_PASS = 0, /* deliver (with hdrs on top, if any) */
+  FLT_REPLACE,  /* deliver repl instead (with hdrs on top, if any) */
+  FLT_REJECT,   /* -ERR [SYS/PERM]: the message stays on the server */
+  FLT_TEMPFAIL, /* -ERR [SYS/TEMP]: the message stays on the server */
+  FLT_COUNT
+};
+extern const char *const flt_verdict_names[];
+
+/* A held message, un-stuffed, line ends as the upstream sent them: in
+ * memory (mem != NULL), or in an unlinked file (fd, read with pread). */
+struct flt_msg {
+  const char *mem;
+  size_t len;
+  int fd;
+  uint64_t size;
+};
+
+/* What one filter found in one message. run() fills it; everything left
+ * zero means "nothing to say". */
+struct flt_result {
+  char virus[128]; /* infected: the signature's name (on_virus applies) */
+  char error[128]; /* could not examine: why (on_error applies) */
+  char *hdrs;      /* header lines to put on top, "Name: value\r\n"... */
+  size_t hdrslen;  /* (malloc'd; the chain frees them) */
+  char *repl;      /* a whole new message (malloc'd): what the next */
+  size_t repllen;  /* filter and the client see instead */
+};
+
+struct flt_ops {
+  enum px_filter_type type;
+  /* Main thread, at start, -t and reload: prepares what run() needs (the
+   * clamav engine: loaded and compiled here). Returns 0, or a negative
+   * code with "FILE:LINE: ..." lines in err. */
+  int (*init)(const struct px_conf *c, const struct px_conf_filter *cf,
+              void **state, char *err, size_t errlen);
+  /* A pool thread: examines m and fills r. Must bound its own time (the
+   * filter's timeouts) and touch nothing but state, cf, m and r. state is
+   * shared by every thread running this filter at once. */
+  void (*run)(void *state, const struct px_conf_filter *cf,
+              const struct flt_msg *m, struct flt_result *r);
+  /* Main thread, once no job uses state any more. */
+  void (*deinit)(void *state);
+};
+
+extern const struct flt_ops flt_clamav_ops, flt_clamd_ops, flt_command_ops,
+    flt_header_ops;
+
+/* ---- chain.c ------------------------------------------------------------ */
+
+/* The filters of one configuration generation, with their states. */
+struct flt_set;
+
+/* Builds every [filter:NAME] of c (the clamav engine is loaded here).
+ * Main thread. Returns 0 or a negative code with FILE:LINE lines in err. */
+int flt_set_new(const struct px_conf *c, struct flt_set **out, char *err,
+                size_t errlen);
+void flt_set_ref(struct flt_set *s);
+/* Drops a reference (any thread); the last one frees the set. */
+void flt_set_unref(struct flt_set **sp);
+
+/* What the chain decided for one message. */
+struct flt_outcome {
+  enum flt_verdict v;
+  char *hdrs; /* lines to put on top of the message (PASS, REPLACE) */
+  size_t hdrslen;
+  char *repl; /* REPLACE: the message to deliver instead */
+  size_t repllen;
+  char filter[64];        /* the filter that decided, when one did */
+  char virus[128];        /* a virus found, when one was */
+  char reason[160];       /* why REJECT or TEMPFAIL, or what was tagged */
+  char quarantine_id[80]; /* where the original was kept, when it was */
+};
+
+/* Runs the listener's filters (cl->filters, in order) over m. A pool
+ * thread; reads only set, cl, m; sid names the quarantine copy. Filters
+ * stop at the first REJECT or TEMPFAIL; a REPLACE feeds the replacement to
+ * the filters after it; header lines accumulate. */
+void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
+                   const struct flt_msg *m, uint64_t sid,
+                   struct flt_outcome *out);
+
+void flt_outcome_free(struct flt_outcome *o);
+
+#endif
