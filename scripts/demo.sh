@@ -146,9 +146,45 @@ Content-Transfer-Encoding: base64
 cG9wZ2F0ZSBkZW1vOiB0aGlzIGlzIHRoZSBhdHRhY2htZW50Lgo=
 --b1--
 EOF
+  # Two infected messages: the EICAR test string in the body, and the
+  # ClamAV test program clam.exe zipped in an attachment.
+  local eicar='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+  cat >"$DIR/orig/4.eml" <<EOF
+From: Mallory <mallory@example.net>
+To: Demo <demo@example.org>
+Subject: Invoice (EICAR test)
+Date: Thu, 26 Nov 2026 10:03:00 +0000
+Message-ID: <demo-4@example.org>
+
+$eicar
+EOF
+  {
+    cat <<'EOF'
+From: Mallory <mallory@example.net>
+To: Demo <demo@example.org>
+Subject: Your parcel (clam.exe in a zip)
+Date: Thu, 26 Nov 2026 10:04:00 +0000
+Message-ID: <demo-5@example.org>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b2"
+
+--b2
+Content-Type: text/plain
+
+Open the attachment.
+
+--b2
+Content-Type: application/zip; name="parcel.zip"
+Content-Disposition: attachment; filename="parcel.zip"
+Content-Transfer-Encoding: base64
+
+EOF
+    base64 /usr/share/clamav-testfiles/clam.zip
+    printf -- '--b2--\n'
+  } >"$DIR/orig/5.eml"
   local md=$DIR/mail/$DEMO_USER/Maildir i
   mkdir -p "$md/cur" "$md/new" "$md/tmp"
-  for i in 1 2 3; do
+  for i in 1 2 3 4 5; do
     # Unique maildir names; the time stamp orders them 1, 2, 3.
     cp "$DIR/orig/$i.eml" "$md/new/$((1700000000 + i)).M${i}P$$.demo"
   done
@@ -210,6 +246,19 @@ start_dovecot() {
 
 # -------------------------------------------------------------- popgate --
 
+# A signature database made on the spot (no download): the MD5 of ClamAV's
+# test program clam.exe and the EICAR test string.
+make_signatures() {
+  local d=$DIR/sigs
+  mkdir -p "$d" "$DIR/quarantine" "$DIR/spool"
+  sigtool --md5 /usr/share/clamav-testfiles/clam.exe >"$d/clam.hdb" 2>/dev/null ||
+    die "sigtool could not make the signature database"
+  printf 'Eicar-Test-Signature:0:*:%s\n' "$(printf '%s' \
+    'X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*' |
+    od -An -tx1 | tr -d ' \n')" >"$d/eicar.ndb"
+  info "signatures: $d (clam.exe by MD5, EICAR)"
+}
+
 # A test CA and a certificate for pop.test / 127.0.0.1, made for this run.
 make_certs() {
   local d=$DIR/certs
@@ -236,6 +285,7 @@ workers = 1
 log = $DIR/popgate/popgate.log
 log_level = info
 shutdown_timeout = 5s
+spool_dir = $DIR/spool
 
 [listener:plain]
 bind = 127.0.0.1:$PROXY_PORT
@@ -248,6 +298,7 @@ tls = implicit
 cert = $DIR/certs/pop.pem
 key = $DIR/certs/pop.key
 upstream = dovecot
+filters = av
 
 [listener:stls]
 bind = 127.0.0.1:$STLS_PORT
@@ -256,6 +307,14 @@ cert = $DIR/certs/pop.pem
 key = $DIR/certs/pop.key
 require_tls = yes
 upstream = dovecot
+filters = av
+
+[filter:av]
+type = clamav
+database = $DIR/sigs
+on_virus = replace
+quarantine_dir = $DIR/quarantine
+on_error = tempfail
 
 [upstream:dovecot]
 server = 127.0.0.1:$DOVECOT_PORT
@@ -293,11 +352,27 @@ start_popgate() {
 # (both sides with LF line ends: the clients store what POP3's CRLF encodes).
 # The fetched files are matched to the originals by their Message-ID.
 compare() {
-  local got=$1 f id orig ok=0 bad=0
+  local got=$1 f id orig ok=0 bad=0 caught=0 q
   for f in "$got"/*; do
     [[ -f $f ]] || continue
     id=$(grep -m1 -i '^Message-ID:' "$f" | sed 's/.*<demo-\([0-9]*\)@.*/\1/')
     orig=$DIR/orig/$id.eml
+    if [[ $NO_PROXY != 1 && ($id == 4 || $id == 5) ]]; then
+      # Infected: a notice in its place, the original in quarantine.
+      q=$(sed -n 's/^ *Quarantine: *//p' "$f" | tr -d '\r')
+      if grep -q '^X-Virus-Status: infected; ' "$f" && [[ -n $q ]] &&
+        tr -d '\r' <"$DIR/quarantine/${q%%-*}/$q.eml" | cmp -s - "$orig"; then
+        info "$(basename "$orig"): replaced by a notice" \
+          "($(grep -m1 '^X-Virus-Status:' "$f" | tr -d '\r'));" \
+          "the original is in quarantine as $q, identical"
+        caught=$((caught + 1))
+      else
+        info "$(basename "$f"): infected message NOT handled as expected:"
+        indent <"$f"
+        bad=$((bad + 1))
+      fi
+      continue
+    fi
     if [[ -f $orig ]] && diff -u "$orig" "$f" >"$f.diff"; then
       info "$(basename "$orig"): identical ($(wc -c <"$f") bytes," \
         "subject: $(grep -m1 '^Subject:' "$f" | cut -c10-))"
@@ -309,8 +384,14 @@ compare() {
       bad=$((bad + 1))
     fi
   done
-  info "result: $ok identical, $bad different (of 3)"
-  [[ $ok -eq 3 && $bad -eq 0 ]]
+  local want_ok=3 want_caught=2
+  if [[ $NO_PROXY == 1 ]]; then
+    want_ok=5
+    want_caught=0
+  fi
+  info "result: $ok clean and identical, $caught infected and replaced," \
+    "$bad wrong (of 5)"
+  [[ $ok -eq $want_ok && $caught -eq $want_caught && $bad -eq 0 ]]
 }
 
 fetch_curl_list() {
@@ -436,7 +517,7 @@ main() {
     [[ -x $POPGATE_BIN ]] || die "$POPGATE_BIN not found: run 'make' first"
   fi
   local tool
-  for tool in /usr/sbin/dovecot fetchmail mpop curl python3 openssl; do
+  for tool in /usr/sbin/dovecot fetchmail mpop curl python3 openssl sigtool; do
     command -v "$tool" >/dev/null || die "$tool missing: run scripts/deps.sh"
   done
 
@@ -459,6 +540,7 @@ main() {
 
   section "start Dovecot and popgate"
   write_messages
+  make_signatures
   make_certs
   write_dovecot_conf
   start_dovecot
@@ -475,8 +557,15 @@ main() {
 
   section "summary"
   if [[ $failed -eq 0 ]]; then
-    info "OK: fetchmail and mpop each fetched 3 messages through $PROXY_NAME," \
-      "identical to the originals"
+    if [[ $NO_PROXY == 1 ]]; then
+      info "OK: fetchmail and mpop each fetched the 5 messages from Dovecot"
+    else
+      info "OK: through popgate (TLS, ClamAV), fetchmail and mpop each got" \
+        "the 3 clean messages identical to the originals and a notice for" \
+        "each of the 2 infected ones, whose originals are in quarantine"
+      info "quarantine: $(find "$DIR/quarantine" -name '*.eml' | wc -l) files" \
+        "under $DIR/quarantine/YYYYMMDD/"
+    fi
   else
     info "FAILED: some fetched messages differ (see above)"
   fi
