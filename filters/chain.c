@@ -408,6 +408,113 @@ static void set_reason(struct flt_outcome *o, const char *fmt, ...)
   va_end(ap);
 }
 
+/* Applies filter cf's finding r to the outcome. Returns what the filter
+ * did; *stop says whether the chain ends here. cur is what the next
+ * filter will see. */
+static enum flt_did apply(const struct px_conf_filter *cf, struct flt_result *r,
+                          struct flt_msg *cur, uint64_t sid,
+                          struct flt_outcome *o, int *stop)
+{
+  int modified = r->hdrs != NULL;
+
+  *stop = 0;
+  if (r->hdrs != NULL) {
+    if (append(&o->hdrs, &o->hdrslen, r->hdrs, r->hdrslen) < 0)
+      snprintf(r->error, sizeof r->error, "out of memory");
+    free(r->hdrs);
+  }
+  if (r->repl != NULL && r->error[0] == '\0' && r->virus[0] == '\0') {
+    /* A command filter's output becomes the message from here on. */
+    free(o->repl);
+    o->repl = r->repl;
+    o->repllen = r->repllen;
+    o->v = FLT_REPLACE;
+    cur->mem = o->repl;
+    cur->len = o->repllen;
+    cur->fd = -1;
+    cur->size = o->repllen;
+    modified = 1;
+  } else {
+    free(r->repl);
+  }
+
+  if (r->virus[0] != '\0') {
+    snprintf(o->filter, sizeof o->filter, "%s", cf->name);
+    snprintf(o->virus, sizeof o->virus, "%s", r->virus);
+    if (cf->quarantine_dir != NULL) {
+      char qerr[160];
+      if (quarantine(cf->quarantine_dir, cur, sid, o->quarantine_id,
+                     sizeof o->quarantine_id, qerr, sizeof qerr) < 0) {
+        /* An original that cannot be kept is not replaced: the message
+         * stays on the server until the quarantine works again. */
+        o->quarantine_id[0] = '\0';
+        o->v = FLT_TEMPFAIL;
+        set_reason(o, "%s", qerr);
+        *stop = 1;
+        return FLT_DID_TEMPFAIL;
+      }
+    }
+    switch (cf->on_virus) {
+    case PX_ONV_REJECT:
+      o->v = FLT_REJECT;
+      set_reason(o, "infected: %s", r->virus);
+      *stop = 1;
+      return FLT_DID_REJECT;
+    case PX_ONV_TAG:
+      set_reason(o, "infected; %s", r->virus);
+      if (appendf(&o->hdrs, &o->hdrslen, "X-Virus-Status: infected; %s\r\n",
+                  r->virus) < 0) {
+        o->v = FLT_TEMPFAIL;
+        set_reason(o, "out of memory");
+        *stop = 1;
+        return FLT_DID_TEMPFAIL;
+      }
+      return FLT_DID_TAG;
+    case PX_ONV_REPLACE:
+    case PX_ONV_COUNT:
+      break;
+    }
+    {
+      char *n = NULL;
+      size_t nlen = 0;
+      if (notice(cur, cf->name, r->virus, o->quarantine_id, &n, &nlen) < 0) {
+        o->v = FLT_TEMPFAIL;
+        set_reason(o, "out of memory");
+        *stop = 1;
+        return FLT_DID_TEMPFAIL;
+      }
+      /* Headers added for the original do not belong on the notice. */
+      free(o->hdrs);
+      o->hdrs = NULL;
+      o->hdrslen = 0;
+      free(o->repl);
+      o->repl = n;
+      o->repllen = nlen;
+      o->v = FLT_REPLACE;
+      set_reason(o, "infected: %s", r->virus);
+      cur->mem = n;
+      cur->len = nlen;
+      cur->fd = -1;
+      cur->size = nlen;
+      return FLT_DID_REPLACE;
+    }
+  }
+  if (r->error[0] != '\0') {
+    snprintf(o->filter, sizeof o->filter, "%s", cf->name);
+    if (cf->on_error == PX_ONE_PASS &&
+        appendf(&o->hdrs, &o->hdrslen, "X-Virus-Status: unscanned; %s\r\n",
+                r->error) == 0) {
+      set_reason(o, "unscanned; %s", r->error);
+      return FLT_DID_UNSCANNED;
+    }
+    o->v = FLT_TEMPFAIL;
+    set_reason(o, "%s", r->error);
+    *stop = 1;
+    return FLT_DID_TEMPFAIL;
+  }
+  return modified ? FLT_DID_MODIFIED : FLT_DID_CLEAN;
+}
+
 void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
                    const struct flt_msg *orig, uint64_t sid,
                    struct flt_outcome *o)
@@ -420,6 +527,8 @@ void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
     const struct px_conf_filter *cf = cl->filters[i];
     size_t idx = (size_t)(cf - set->conf->filters);
     struct flt_result r;
+    enum flt_did did;
+    int stop;
 
     memset(&r, 0, sizeof r);
     set->ops[idx]->run(set->state[idx], cf, &cur, &r);
@@ -432,95 +541,12 @@ void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
       clean_value(r.error, strnlen(r.error, sizeof r.error), tmp, sizeof tmp);
       memcpy(r.error, tmp, sizeof tmp);
     }
-
-    if (r.hdrs != NULL) {
-      if (append(&o->hdrs, &o->hdrslen, r.hdrs, r.hdrslen) < 0)
-        snprintf(r.error, sizeof r.error, "out of memory");
-      free(r.hdrs);
+    did = apply(cf, &r, &cur, sid, o, &stop);
+    if (i < FLT_CHAIN_MAX) {
+      o->did[i] = (unsigned char)did;
+      o->ndid = i + 1;
     }
-    if (r.repl != NULL && r.error[0] == '\0' && r.virus[0] == '\0') {
-      /* A command filter's output becomes the message from here on. */
-      free(o->repl);
-      o->repl = r.repl;
-      o->repllen = r.repllen;
-      o->v = FLT_REPLACE;
-      cur.mem = o->repl;
-      cur.len = o->repllen;
-      cur.fd = -1;
-      cur.size = o->repllen;
-    } else {
-      free(r.repl);
-    }
-
-    if (r.virus[0] != '\0') {
-      snprintf(o->filter, sizeof o->filter, "%s", cf->name);
-      snprintf(o->virus, sizeof o->virus, "%s", r.virus);
-      if (cf->quarantine_dir != NULL) {
-        char qerr[160];
-        if (quarantine(cf->quarantine_dir, &cur, sid, o->quarantine_id,
-                       sizeof o->quarantine_id, qerr, sizeof qerr) < 0) {
-          /* An original that cannot be kept is not replaced: the message
-           * stays on the server until the quarantine works again. */
-          o->quarantine_id[0] = '\0';
-          o->v = FLT_TEMPFAIL;
-          set_reason(o, "%s", qerr);
-          return;
-        }
-      }
-      switch (cf->on_virus) {
-      case PX_ONV_REJECT:
-        o->v = FLT_REJECT;
-        set_reason(o, "infected: %s", r.virus);
-        return;
-      case PX_ONV_TAG:
-        set_reason(o, "infected; %s", r.virus);
-        if (appendf(&o->hdrs, &o->hdrslen, "X-Virus-Status: infected; %s\r\n",
-                    r.virus) < 0) {
-          o->v = FLT_TEMPFAIL;
-          set_reason(o, "out of memory");
-          return;
-        }
-        continue;
-      case PX_ONV_REPLACE:
-      case PX_ONV_COUNT: {
-        char *n = NULL;
-        size_t nlen = 0;
-        if (notice(&cur, cf->name, r.virus, o->quarantine_id, &n, &nlen) < 0) {
-          o->v = FLT_TEMPFAIL;
-          set_reason(o, "out of memory");
-          return;
-        }
-        /* Headers added for the original do not belong on the notice. */
-        free(o->hdrs);
-        o->hdrs = NULL;
-        o->hdrslen = 0;
-        free(o->repl);
-        o->repl = n;
-        o->repllen = nlen;
-        o->v = FLT_REPLACE;
-        set_reason(o, "infected: %s", r.virus);
-        cur.mem = n;
-        cur.len = nlen;
-        cur.fd = -1;
-        cur.size = nlen;
-        continue;
-      }
-      }
-    }
-    if (r.error[0] != '\0') {
-      snprintf(o->filter, sizeof o->filter, "%s", cf->name);
-      if (cf->on_error == PX_ONE_PASS) {
-        set_reason(o, "unscanned; %s", r.error);
-        if (appendf(&o->hdrs, &o->hdrslen, "X-Virus-Status: unscanned; %s\r\n",
-                    r.error) < 0) {
-          o->v = FLT_TEMPFAIL;
-          return;
-        }
-        continue;
-      }
-      o->v = FLT_TEMPFAIL;
-      set_reason(o, "%s", r.error);
+    if (stop)
       return;
-    }
   }
 }

@@ -77,6 +77,21 @@ void flt_set_ref(struct flt_set *s);
 /* Drops a reference (any thread); the last one frees the set. */
 void flt_set_unref(struct flt_set **sp);
 
+/* What each filter did with a message, in the order of px_fverdict
+ * (worker.h): metrics count them per filter. */
+enum flt_did {
+  FLT_DID_CLEAN = 0,
+  FLT_DID_MODIFIED,
+  FLT_DID_REPLACE,
+  FLT_DID_TAG,
+  FLT_DID_REJECT,
+  FLT_DID_UNSCANNED,
+  FLT_DID_TEMPFAIL,
+  FLT_DID_COUNT
+};
+
+#define FLT_CHAIN_MAX 16 /* filters of a chain that get their own record */
+
 /* What the chain decided for one message. */
 struct flt_outcome {
   enum flt_verdict v;
@@ -88,6 +103,8 @@ struct flt_outcome {
   char virus[128];        /* a virus found, when one was */
   char reason[160];       /* why REJECT or TEMPFAIL, or what was tagged */
   char quarantine_id[80]; /* where the original was kept, when it was */
+  unsigned char did[FLT_CHAIN_MAX]; /* enum flt_did, per filter that ran */
+  size_t ndid;
 };
 
 /* Runs the listener's filters (cl->filters, in order) over m. A pool

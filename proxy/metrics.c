@@ -88,6 +88,20 @@ static void counter(struct out *o, const char *name, const char *help,
       type);
 }
 
+void px_fstat_add(struct px_counters *c, const char *name, enum px_fverdict v)
+{
+  int j;
+
+  for (j = 0; j < PX_FSTAT_SLOTS - 1 && c->filtered[j].used; j++)
+    if (strcmp(c->filtered[j].name, name) == 0)
+      break;
+  if (!c->filtered[j].used) {
+    snprintf(c->filtered[j].name, sizeof c->filtered[j].name, "%s", name);
+    __atomic_store_n(&c->filtered[j].used, 1, __ATOMIC_RELEASE);
+  }
+  PX_CTR_ADD(c->filtered[j].v[v], 1);
+}
+
 static size_t render(const struct px_metrics *m, char *buf, size_t cap)
 {
   const struct px_runtime *rt = m->rt;
@@ -109,8 +123,6 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
     sum.bytes_upstream_out += PX_CTR_GET(c->bytes_upstream_out);
     sum.upstream_errors_total += PX_CTR_GET(c->upstream_errors_total);
     sum.tls_handshakes_total += PX_CTR_GET(c->tls_handshakes_total);
-    for (int i = 0; i < PX_FV_COUNT; i++)
-      sum.messages_filtered[i] += PX_CTR_GET(c->messages_filtered[i]);
     for (int i = 0; i <= PX_FSEC_BUCKETS; i++)
       sum.filter_seconds[i] += PX_CTR_GET(c->filter_seconds[i]);
     sum.filter_seconds_sum_us += PX_CTR_GET(c->filter_seconds_sum_us);
@@ -158,10 +170,26 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
   put(&o, "popgate_tls_handshake_failures_total %" PRIu64 "\n",
       sum.tls_handshake_failures_total);
   counter(&o, "messages_filtered_total",
-          "Messages held for the filter chain, by outcome.", "counter");
-  for (int i = 0; i < PX_FV_COUNT; i++)
-    put(&o, "popgate_messages_filtered_total{verdict=\"%s\"} %" PRIu64 "\n",
-        px_fverdict_names[i], sum.messages_filtered[i]);
+          "Messages through the filter chain, by filter and what that "
+          "filter did with them.",
+          "counter");
+  /* Each worker has its own slots; the same name may sit in several. */
+  for (unsigned k = 0; k < rt->nworkers; k++) {
+    const struct px_counters *c = &rt->workers[k].ctr;
+    for (int j = 0; j < PX_FSTAT_SLOTS; j++) {
+      const struct px_fstat *f = &c->filtered[j];
+      if (!__atomic_load_n(&f->used, __ATOMIC_ACQUIRE))
+        break;
+      for (int i = 0; i < PX_FV_COUNT; i++) {
+        uint64_t n = PX_CTR_GET(f->v[i]);
+        if (n > 0)
+          put(&o,
+              "popgate_messages_filtered_total{filter=\"%s\",verdict=\"%s\"}"
+              " %" PRIu64 "\n",
+              f->name, px_fverdict_names[i], n);
+      }
+    }
+  }
   counter(&o, "filter_seconds", "Time the filter chain took per message.",
           "histogram");
   {

@@ -848,6 +848,10 @@ static void body_bytes(struct px_session *s, const char *p, size_t n)
  * path (delivered, refused, client or upstream gone).
  */
 
+_Static_assert((int)FLT_DID_COUNT == (int)PX_FV_COUNT &&
+                   (int)FLT_DID_TEMPFAIL == (int)PX_FV_TEMPFAIL &&
+                   (int)FLT_DID_UNSCANNED == (int)PX_FV_UNSCANNED,
+               "enum flt_did follows enum px_fverdict");
 const char *const px_fverdict_names[] = { "clean",   "modified", "replace",
                                           "tag",     "reject",   "unscanned",
                                           "tempfail" };
@@ -1004,7 +1008,16 @@ static void hold_verdict(struct px_session *s)
       v = PX_FV_CLEAN;
     break;
   }
-  PX_CTR_ADD(s->w->ctr.messages_filtered[v], 1);
+  /* Per filter, what it did; a message the chain never saw (too big, spool
+   * failure) counts for every filter of the listener. */
+  if (o->ndid > 0) {
+    for (size_t i = 0; i < o->ndid && i < s->cl->nfilters; i++)
+      px_fstat_add(&s->w->ctr, s->cl->filters[i]->name,
+                   (enum px_fverdict)o->did[i]);
+  } else {
+    for (size_t i = 0; i < s->cl->nfilters; i++)
+      px_fstat_add(&s->w->ctr, s->cl->filters[i]->name, v);
+  }
   if (v != PX_FV_CLEAN && v != PX_FV_MODIFIED) {
     s->nverdicts++;
     px_log(PX_LOG_WARN,

@@ -27,16 +27,19 @@ struct flt_set;
 
 /* What happened to a held message, for metrics and logs. */
 enum px_fverdict {
-  PX_FV_CLEAN = 0,  /* delivered as it was */
-  PX_FV_MODIFIED,   /* headers added or replaced by a filter (not a virus) */
-  PX_FV_REPLACE,    /* infected, replaced by a notice */
-  PX_FV_TAG,        /* infected, delivered tagged */
-  PX_FV_REJECT,     /* infected, refused */
-  PX_FV_UNSCANNED,  /* not examined, delivered tagged (on_error = pass) */
-  PX_FV_TEMPFAIL,   /* not examined, refused for now (on_error = tempfail) */
+  PX_FV_CLEAN = 0, /* delivered as it was */
+  PX_FV_MODIFIED,  /* headers added or replaced by a filter (not a virus) */
+  PX_FV_REPLACE,   /* infected, replaced by a notice */
+  PX_FV_TAG,       /* infected, delivered tagged */
+  PX_FV_REJECT,    /* infected, refused */
+  PX_FV_UNSCANNED, /* not examined, delivered tagged (on_error = pass) */
+  PX_FV_TEMPFAIL,  /* not examined, refused for now (on_error = tempfail) */
   PX_FV_COUNT
 };
 extern const char *const px_fverdict_names[];
+
+/* Distinct filter names counted per worker; more share the last slot. */
+#define PX_FSTAT_SLOTS 32
 
 /* filter_seconds buckets, upper bounds in seconds. */
 #define PX_FSEC_BUCKETS 10
@@ -62,7 +65,11 @@ struct px_counters {
   uint64_t upstream_errors_total;
   uint64_t tls_handshakes_total;
   uint64_t tls_handshake_failures_total;
-  uint64_t messages_filtered[PX_FV_COUNT]; /* by enum px_fverdict */
+  struct px_fstat { /* by filter name and outcome: */
+    char name[64];  /* set once, before used */
+    int used;       /* published with release */
+    uint64_t v[PX_FV_COUNT];
+  } filtered[PX_FSTAT_SLOTS];
   uint64_t filter_seconds[PX_FSEC_BUCKETS + 1]; /* histogram, +Inf last */
   uint64_t filter_seconds_sum_us;
 };
@@ -84,7 +91,7 @@ struct px_runtime {
   struct px_conf *conf;    /* the current generation... */
   struct px_tls_ctxs *tls; /* ...its TLS contexts */
   struct flt_set *flt;     /* ...and its filters */
-  struct px_lrt *lrt;   /* conf->nlisteners of them */
+  struct px_lrt *lrt;      /* conf->nlisteners of them */
   struct px_worker *workers;
   unsigned nworkers;
   int stopping;            /* SIGTERM seen: /ready says 503 */
@@ -108,8 +115,8 @@ struct px_worker {
   struct px_session *sessions; /* open sessions, a list */
   struct px_hold *scan_head;   /* held messages waiting for a pool slot */
   struct px_hold *scan_tail;
-  unsigned scans_running;      /* this worker's jobs in the pool */
-  unsigned scan_quota;         /* its share of scan_threads */
+  unsigned scans_running; /* this worker's jobs in the pool */
+  unsigned scan_quota;    /* its share of scan_threads */
   unsigned nsessions;
   uint64_t next_sid;
   struct px_counters ctr;
@@ -131,6 +138,9 @@ void px_lrt_release(struct px_lrt *l, const struct sockaddr *sa);
 
 struct px_iptab *px_iptab_new(void);
 void px_iptab_free(struct px_iptab **tp);
+
+/* Counts outcome v for the filter called name (worker thread only). */
+void px_fstat_add(struct px_counters *c, const char *name, enum px_fverdict v);
 
 /* The current configuration, with a reference the caller drops. */
 struct px_conf *px_runtime_conf(struct px_runtime *rt);
