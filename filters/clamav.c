@@ -35,6 +35,16 @@ static void init_once(void)
   cl_init_rc = cl_init(CL_INIT_DEFAULT);
 }
 
+/* libclamav names what it found through this callback too: a limits
+ * alert on a descriptor can come back as CL_VIRUS without a name in
+ * virname. The scan's context is a char[128]. */
+static void virus_found_cb(int fd, const char *virname, void *context)
+{
+  (void)fd;
+  if (context != NULL && virname != NULL && ((char *)context)[0] == '\0')
+    snprintf(context, 128, "%s", virname);
+}
+
 static int set_num(struct cl_engine *e, enum cl_engine_field f, long long v)
 {
   return cl_engine_set_num(e, f, v) == CL_SUCCESS ? 0 : -1;
@@ -92,6 +102,7 @@ static int clamav_init(const struct px_conf *c, const struct px_conf_filter *cf,
              c->path, line, cf->name, db);
     goto fail;
   }
+  cl_engine_set_clcb_virus_found(st->engine, virus_found_cb);
   rc = cl_engine_compile(st->engine);
   if (rc != CL_SUCCESS) {
     snprintf(err, errlen, "%s:%d: [filter:%s] database %s: %s\n", c->path, line,
@@ -113,6 +124,7 @@ static void clamav_run(void *state, const struct px_conf_filter *cf,
   struct clamav_state *st = state;
   struct cl_scan_options opts;
   const char *virname = NULL;
+  char found[128] = "";
   unsigned long scanned = 0;
   cl_error_t rc;
 
@@ -129,15 +141,18 @@ static void clamav_run(void *state, const struct px_conf_filter *cf,
       return;
     }
     rc = cl_scanmap_callback(map, NULL, &virname, &scanned, st->engine, &opts,
-                             NULL);
+                             found);
     cl_fmap_close(map);
   } else {
-    rc = cl_scandesc(m->fd, NULL, &virname, &scanned, st->engine, &opts);
+    rc = cl_scandesc_callback(m->fd, NULL, &virname, &scanned, st->engine,
+                              &opts, found);
   }
 
   if (rc == CL_CLEAN)
     return;
-  if (rc == CL_VIRUS && virname != NULL) {
+  if (rc == CL_VIRUS) {
+    if (virname == NULL)
+      virname = found[0] ? found : "Unnamed.Detection";
     if (strncmp(virname, limits, sizeof limits - 1) == 0)
       snprintf(r->error, sizeof r->error, "limits exceeded: %.100s", virname);
     else
