@@ -861,6 +861,15 @@ _Static_assert(sizeof px_fverdict_names / sizeof *px_fverdict_names ==
 const double px_fsec_bounds[PX_FSEC_BUCKETS] = { 0.01, 0.05, 0.1, 0.25, 0.5,
                                                  1,    2.5,  5,   10,   30 };
 
+/* While the chain runs longer than this, the client gets the +OK and then,
+ * at the same interval, a header line of popgate's own
+ * ("X-Popgate-Wait: checking"): never a byte of the message before its
+ * verdict, but enough to keep a client's read timeout (typically 60 s or
+ * more) from firing. A tempfail or reject after that cannot be an -ERR any
+ * more: the connection is closed without the terminating ".", so the
+ * client retries and the message stays on the server. */
+#define PX_KEEPALIVE_MS 20000
+
 /* Encoded output produced per emission step: the client leg's watermark
  * bounds what is queued, this bounds one step. */
 #define PX_EMIT_CHUNK (64 * 1024)
@@ -886,8 +895,10 @@ struct px_hold {
   char unscanned[128]; /* why the chain was not run, when it was not */
   struct flt_msg msg;  /* the pool's view of the spool */
   struct flt_outcome out;
-  double seconds; /* the chain's run time */
-  int phase;      /* emission: 0 status, 1 headers, 2 body, 3 end, 4 done */
+  double seconds;   /* the chain's run time */
+  uint64_t t_ready; /* uv_now() when the body was complete */
+  unsigned waits;   /* keep-alive lines sent while the chain ran */
+  int phase;        /* emission: 0 status, 1 headers, 2 body, 3 end, 4 done */
   uint64_t off;
 };
 
@@ -1030,9 +1041,45 @@ static void hold_verdict(struct px_session *s)
            h->unscanned[0] ? h->unscanned : o->reason);
   }
   h->st = PX_HOLD_EMIT;
-  h->phase = 0;
   h->off = 0;
+  if (h->waits > 0) {
+    if (o->v == FLT_REJECT || o->v == FLT_TEMPFAIL) {
+      /* The +OK went out already: end without the "." instead of -ERR. */
+      finish(s,
+             o->v == FLT_REJECT ? "refused_after_wait" : "tempfail_after_wait");
+      return;
+    }
+    h->phase = 1; /* the +OK and the wait lines are out */
+  } else {
+    h->phase = 0;
+  }
   hold_emit(s);
+}
+
+/* The chain is still running after PX_KEEPALIVE_MS: the +OK first, then a
+ * wait line every interval. Called from the session timer. */
+static void hold_keepalive(struct px_session *s)
+{
+  struct px_hold *h = s->hold;
+
+  if (h->waits == 0) {
+    px_dot_enc_init(&s->enc);
+    to_client_line(s, h->status, h->statuslen);
+  }
+  body_bytes(s, "X-Popgate-Wait: checking\r\n", 26);
+  h->waits++;
+  s->head_mid = 1; /* the answer has begun: failures now close */
+  flush(s);
+}
+
+/* When the next keep-alive line is due, or UINT64_MAX. */
+static uint64_t hold_keepalive_due(const struct px_session *s)
+{
+  const struct px_hold *h = s->hold;
+
+  if (h == NULL || (h->st != PX_HOLD_WAIT && h->st != PX_HOLD_SCAN))
+    return UINT64_MAX;
+  return h->t_ready + (uint64_t)(h->waits + 1) * PX_KEEPALIVE_MS;
 }
 
 /* Sends the verdict, a slice at a time while the client keeps up; called
@@ -1238,6 +1285,8 @@ static void hold_end(struct px_session *s)
     lseek(h->spool.fd, 0, SEEK_SET);
   }
   h->st = PX_HOLD_WAIT;
+  h->t_ready = now_ms(s);
+  arm_timer(s);
   if (w->scan_tail != NULL)
     w->scan_tail->next = h;
   else
@@ -1822,6 +1871,7 @@ enum px_deadline {
   PX_DL_UPSTREAM,
   PX_DL_HANDSHAKE,
   PX_DL_UP_HANDSHAKE,
+  PX_DL_KEEPALIVE,
   PX_DL_COUNT
 };
 
@@ -1848,6 +1898,10 @@ static uint64_t next_deadline(const struct px_session *s,
       !(s->holding && !s->capture) && s->t_up + s->cu->timeout_ms < dl) {
     dl = s->t_up + s->cu->timeout_ms;
     *which = PX_DL_UPSTREAM;
+  }
+  if (hold_keepalive_due(s) < dl) {
+    dl = hold_keepalive_due(s);
+    *which = PX_DL_KEEPALIVE;
   }
   /* A TLS handshake has its own, short deadline on either side (the
    * upstream's is connect_timeout: connecting includes TLS). */
@@ -1900,6 +1954,9 @@ static void timer_cb(uv_timer_t *t)
            s->id, s->peer_str);
     session_close(s, "handshake_timeout");
     return;
+  case PX_DL_KEEPALIVE:
+    hold_keepalive(s);
+    break;
   case PX_DL_UP_HANDSHAKE:
     px_log(PX_LOG_WARN,
            "sid=%016" PRIx64 " ev=upstream_tls_failed "
