@@ -12,6 +12,11 @@ scratch_user     a fresh Dovecot user with its own small mailbox (for DELE).
 certs            the test PKI generated at test time (certs.py; session scope).
 dovecot_tls      a second Dovecot with ssl = yes (certificate up.test/127.0.0.1):
                  STLS on .port, implicit TLS on .tls_port (session scope).
+av               the filter tests' world (AvEnv): a signature database made
+                 with sigtool, Dovecot users "virus" (infected samples from
+                 clamav-testfiles, clean corpus messages, a zip bomb) and
+                 "bigmail" (200 and 100 MiB), clamscan's verdicts (session).
+clamd_factory    start a real clamd on those signatures (function scope).
 
 Environment:
   POPGATE_BIN          the binary (default <repo>/build/popgate)
@@ -682,3 +687,280 @@ def proxy_to_fake(fake_upstream, popgate_factory):
         p = popgate_factory(servers=[("127.0.0.1", f.port)], **(pg or {}))
         return p, f
     return make
+
+
+# ---------------------------------------------------------------------------
+# filters: signatures, infected mail in Dovecot, clamd (test_filters.py)
+# ---------------------------------------------------------------------------
+
+import malware  # noqa: E402
+
+# Clean corpus messages stored beside the infected ones (user "virus").
+AV_CLEAN = ["msg_01", "msg_02", "msg_07", "msg_16", "dots", "dot_first_body_line",
+            "no_final_newline", "ends_with_dot_no_newline", "eight_bit", "control_bytes",
+            "long_line", "many_short_lines", "empty_body", "headers_only", "crlf_stored"]
+BIG_SIZES = {"big200": 200 * 1024 * 1024, "big100": 100 * 1024 * 1024}
+# clamscan options equal to popgate's [filter:NAME] defaults, with the
+# "alert when limits are exceeded" heuristics on (the oracle for names)
+CLAMSCAN_DEFAULTS = ("--alert-exceeds-max=yes", "--max-recursion=16", "--max-files=10000",
+                     "--max-filesize=25M", "--max-scansize=100M")
+
+
+class AvEnv:
+    """The filter tests' world, built once per session:
+
+    db            signature directory (clam.hdb from sigtool, eicar.ndb)
+    user/password the Dovecot user "virus": infected samples, clean corpus
+                  messages, the zip bomb and the reload marker message
+    names         its message names in order; number[name] -> message n
+    infected      names of the samples clamscan detects (as Dovecot sends them)
+    virus[name]   the signature name clamscan reports for that message
+    skipped       samples clamscan did not detect (left out, printed)
+    clean         names of the clean messages
+    direct[n]     (status, raw block) of message n as Dovecot sends it
+    original(n)   message n un-stuffed: what a quarantine copy must hold
+    bomb_alert    clamscan's name for the bomb with limits alerts on
+    big_user      user "bigmail": message 1 = 200 MiB, 2 = 100 MiB (clean)
+    big_sha[n]    SHA-256 of Dovecot's raw RETR block of big message n
+    big_status[n] Dovecot's status line for it
+    expected(name) (status, SHA-256 of the raw block) Dovecot sends for a
+                  message of either user (names big200/big100 for the big ones)
+    """
+
+    def __init__(self, dovecot, base):
+        self.dovecot = dovecot
+        self.dir = base
+        self.db = malware.make_sigdb(os.path.join(base, "db"))
+        self.user, self.password = "virus", "viruspw"
+        self.big_user, self.big_password = "bigmail", "bigpw"
+        self.skipped = []
+        self.virus = {}
+
+    def prepare(self):
+        d = self.dovecot
+        samples = malware.infected_messages()
+        for name, data in samples:
+            d.store_message("av_" + name, data)
+        d.store_message("av_zip_bomb", malware.bomb_message())
+        d.store_message("av_reload_marker", malware.marker_message())
+        stored = ["av_" + n for n, _ in samples] + AV_CLEAN + ["av_zip_bomb", "av_reload_marker"]
+        d.add_user(self.user, self.password, stored)
+        self.names = [n[3:] if n.startswith("av_") else n for n in stored]
+        self.number = {n: i + 1 for i, n in enumerate(self.names)}
+        for name, size in BIG_SIZES.items():
+            malware.write_big_message(d.store_path("av_" + name), size, "big " + name)
+        d.add_user(self.big_user, self.big_password, ["av_big200", "av_big100"])
+        d.wait_login(self.user, self.password)
+        d.wait_login(self.big_user, self.big_password)
+
+        c = d.session(self.user, self.password)
+        assert c.stat()[0] == len(self.names)
+        self.direct = {n: c.retr(n) for n in range(1, len(self.names) + 1)}
+        c.quit()
+        self.big_sha, self.big_status = {}, {}
+        c = d.session(self.big_user, self.big_password)
+        for n in (1, 2):
+            st, sha, size = stream_retr(c, "RETR %d" % n)
+            assert st.startswith(b"+OK"), st
+            self.big_sha[n], self.big_status[n] = sha, st
+        c.quit()
+
+        # clamscan sees what popgate's filter will see: the un-stuffed
+        # message with CRLF line ends, as Dovecot sends it
+        scan_dir = os.path.join(self.dir, "scan")
+        os.makedirs(scan_dir)
+
+        def scan(name, *opts, db=None):
+            path = os.path.join(scan_dir, name + ".eml")
+            with open(path, "wb") as f:
+                f.write(self.original(self.number[name]))
+            return malware.clamscan(db or self.db, path, *opts)
+
+        self.infected = []
+        for name, _ in samples:
+            v = scan(name, *CLAMSCAN_DEFAULTS)
+            if v is None:
+                self.skipped.append(name)
+            else:
+                self.infected.append(name)
+                self.virus[name] = v
+        if self.skipped:
+            print("filter samples clamscan does not detect (left out):", self.skipped)
+        assert len(self.infected) >= 8, "clamscan detects only %r" % self.infected
+        self.clean = list(AV_CLEAN)
+        for name in self.clean:
+            v = scan(name, *CLAMSCAN_DEFAULTS)
+            assert v is None, "clean corpus message %s: clamscan says %s" % (name, v)
+        # the bomb: clean without the limits heuristics (libclamav's silent
+        # pass), a Heuristics.Limits.Exceeded.* alert with it
+        assert scan("zip_bomb", "--max-recursion=16") is None
+        self.bomb_alert = scan("zip_bomb", *CLAMSCAN_DEFAULTS)
+        assert (self.bomb_alert or "").startswith("Heuristics.Limits.Exceeded."), self.bomb_alert
+        # the marker: clean, detected once its signature is loaded
+        assert scan("reload_marker") is None
+        mdb = os.path.join(self.dir, "markerdb")
+        shutil.copytree(self.db, mdb)
+        with open(os.path.join(mdb, "marker.ndb"), "w") as f:
+            f.write(malware.marker_sig_line())
+        self.marker_virus = scan("reload_marker", db=mdb)
+        assert self.marker_virus and self.marker_virus.startswith("Popgate-Reload-Marker")
+        return self
+
+    def expected(self, name):
+        if name in BIG_SIZES:
+            n = 1 if name == "big200" else 2
+            return self.big_status[n], self.big_sha[n]
+        st, block = self.direct[self.number[name]]
+        return st, hashlib.sha256(block).hexdigest()
+
+    def original(self, n):
+        return pop3util.unstuff(self.direct[n][1])
+
+    def session(self):
+        return self.dovecot.session(self.user, self.password)
+
+    def make_user(self, names):
+        """A fresh Dovecot user holding the named messages (names of this
+        mailbox): for tests that delete. Returns (user, password)."""
+        return self.dovecot.scratch_user(
+            [n if os.path.exists(self.dovecot.store_path(n)) else "av_" + n for n in names])
+
+
+def stream_retr(conn, command, sink=None):
+    """Send a multi-line command on a RawPOP3 and read the answer without
+    keeping it: returns (status line, SHA-256 hex of the raw block with its
+    terminator, block length). sink(chunk) sees every block byte."""
+    st = conn.cmd(command)
+    if not st.startswith(b"+OK"):
+        return st, None, 0
+    h = hashlib.sha256()
+    tail = b""
+    total = 0
+    while total == 0 and len(conn.buf) < 3:
+        conn._fill(1 << 20)
+    while True:
+        if not conn.buf:
+            conn._fill(1 << 20)
+        data = bytes(conn.buf)
+        conn.buf.clear()
+        window = tail + data
+        # the first byte of the block may itself begin the terminator
+        if total == 0 and window.startswith(b".\r\n"):
+            end = 3
+        else:
+            i = window.find(b"\r\n.\r\n")
+            end = i + 5 if i >= 0 else -1
+        if end >= 0:
+            used = end - len(tail)
+            chunk = data[:used]
+            conn.buf += data[used:]
+        else:
+            chunk = data
+        h.update(chunk)
+        if sink:
+            sink(chunk)
+        total += len(chunk)
+        if end >= 0:
+            return st, h.hexdigest(), total
+        tail = window[-4:]
+
+
+@pytest.fixture(scope="session")
+def av(dovecot):
+    """The filter tests' signatures and infected mailbox (AvEnv)."""
+    for tool in (malware.SIGTOOL, malware.CLAMSCAN, "/usr/sbin/clamd"):
+        if not os.path.exists(tool):
+            pytest.fail("%s missing: apt-get install clamav clamav-daemon clamav-testfiles"
+                        % tool, pytrace=False)
+    base = tempfile.mkdtemp(prefix="popgate-it-av-")
+    try:
+        yield AvEnv(dovecot, base).prepare()
+    finally:
+        if os.environ.get("POPGATE_KEEP_TMP"):
+            print("av dir kept:", base)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+CLAMD_CONF = """\
+Foreground yes
+LocalSocket {sock}
+DatabaseDirectory {db}
+TemporaryDirectory {d}
+LogFile {d}/clamd.log
+LogTime yes
+PidFile {d}/clamd.pid
+AlertExceedsMax yes
+MaxRecursion 16
+StreamMaxLength 300M
+MaxThreads 4
+SelfCheck 0
+"""
+
+
+class Clamd:
+    """A real clamd (clamav-daemon) in a fresh short directory (the
+    socket path must fit sun_path), with the session's signatures."""
+
+    def __init__(self, db):
+        self.dir = tempfile.mkdtemp(prefix="pg-clamd-")
+        self.socket = os.path.join(self.dir, "clamd.sock")
+        self.conf = os.path.join(self.dir, "clamd.conf")
+        with open(self.conf, "w") as f:
+            f.write(CLAMD_CONF.format(sock=self.socket, db=db, d=self.dir))
+        self.proc = None
+
+    def start(self, timeout=60):
+        out = open(os.path.join(self.dir, "clamd.stdout"), "wb")
+        self.proc = subprocess.Popen(["/usr/sbin/clamd", "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                break
+            if self.ping():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("clamd did not answer PING: %s" % file_bytes(
+            os.path.join(self.dir, "clamd.stdout"))[-3000:])
+
+    def ping(self):
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(self.socket)
+                s.sendall(b"zPING\0")
+                return s.recv(64).startswith(b"PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def clamd_factory(av):
+    """clamd_factory() -> a started Clamd on the session's signatures;
+    stopped at teardown."""
+    started = []
+
+    def make():
+        c = Clamd(av.db)
+        started.append(c)
+        return c.start()
+
+    yield make
+    for c in started:
+        c.cleanup()
