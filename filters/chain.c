@@ -7,6 +7,7 @@
  * touches nothing else.
  */
 #include "filter.h"
+#include "px.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -60,7 +61,7 @@ static const struct flt_ops *ops_of(enum px_filter_type t)
 static void set_free(struct flt_set *s)
 {
   for (size_t i = 0; i < s->n; i++)
-    if (s->ops[i] != NULL && s->state[i] != NULL)
+    if (s->ops[i] != NULL && s->ops[i]->deinit != NULL && s->state[i] != NULL)
       s->ops[i]->deinit(s->state[i]);
   free(s->ops);
   free(s->state);
@@ -95,7 +96,8 @@ int flt_set_new(const struct px_conf *c, struct flt_set **out, char *err,
       continue;
     }
     /* Each init appends its own lines; all filters are checked. */
-    if (s->ops[i]->init(c, cf, &s->state[i], err + used, errlen - used) < 0)
+    if (s->ops[i]->init != NULL &&
+        s->ops[i]->init(c, cf, &s->state[i], err + used, errlen - used) < 0)
       rc = -EINVAL;
   }
   if (rc < 0) {
@@ -229,28 +231,13 @@ static int find_header(const char *head, size_t n, const char *name, char *out,
 
 /* ---- quarantine --------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 static int copy_msg(int fd, const struct flt_msg *m)
 {
   char buf[65536];
   uint64_t off = 0;
 
   if (m->mem != NULL)
-    return write_all(fd, m->mem, m->len);
+    return px_write_all(fd, m->mem, m->len);
   while (off < m->size) {
     ssize_t r = pread(m->fd, buf, sizeof buf, (off_t)off);
     int rc;
@@ -258,7 +245,7 @@ static int copy_msg(int fd, const struct flt_msg *m)
       continue;
     if (r <= 0)
       return r < 0 ? -errno : -EIO;
-    rc = write_all(fd, buf, (size_t)r);
+    rc = px_write_all(fd, buf, (size_t)r);
     if (rc < 0)
       return rc;
     off += (uint64_t)r;

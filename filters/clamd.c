@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "filter.h"
 
 /* clamd's own limit for one chunk is StreamMaxLength; smaller chunks cost
@@ -43,8 +44,7 @@
 #define CD_CHUNK 65536
 /* The longest answer we read: a virus name is under 128 bytes; an answer
  * that does not end by then is not clamd's. */
-#define CD_REPLY_MAX          1024
-#define CD_DEFAULT_TIMEOUT_MS 60000
+#define CD_REPLY_MAX 1024
 
 static const char cd_limits[] = "Heuristics.Limits.Exceeded";
 
@@ -60,32 +60,10 @@ struct cd_job {
   size_t replylen;
 };
 
-static uint64_t now_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static int left_ms(const struct cd_job *j)
-{
-  uint64_t now = now_ms();
-
-  if (now >= j->deadline)
-    return 0;
-  return j->deadline - now > INT_MAX ? INT_MAX : (int)(j->deadline - now);
-}
-
-static uint64_t timeout_ms(const struct px_conf_filter *cf)
-{
-  return cf->scan_timeout_ms != 0 ? cf->scan_timeout_ms : CD_DEFAULT_TIMEOUT_MS;
-}
-
 /* "timed out after 5s" (or "...after 1500ms"), after an optional prefix. */
 static void set_timed_out(struct cd_job *j, const char *prefix)
 {
-  uint64_t ms = timeout_ms(j->cf);
+  uint64_t ms = flt_timeout_ms(j->cf);
   int whole = ms % 1000 == 0;
 
   snprintf(j->r->error, sizeof j->r->error, "%.80stimed out after %llu%s",
@@ -118,7 +96,7 @@ static int wait_fd(struct cd_job *j, short events)
 {
   for (;;) {
     struct pollfd p = { .fd = j->fd, .events = events };
-    int left = left_ms(j), rc;
+    int left = flt_left_ms(j->deadline), rc;
 
     if (left == 0)
       return 0;
@@ -157,7 +135,7 @@ static int connect_one(struct cd_job *j, int family, const struct sockaddr *sa,
     /* A unix socket whose listen queue is full: clamd is busy, not gone.
      * Try again shortly, until the deadline. */
     if (errno == EAGAIN && family == AF_UNIX) {
-      int left = left_ms(j);
+      int left = flt_left_ms(j->deadline);
 
       if (left == 0)
         return ETIMEDOUT;
@@ -467,17 +445,6 @@ static void parse_reply(struct cd_job *j)
   }
 }
 
-static int clamd_init(const struct px_conf *c, const struct px_conf_filter *cf,
-                      void **state, char *err, size_t errlen)
-{
-  (void)c;
-  (void)cf;
-  (void)err;
-  (void)errlen;
-  *state = NULL;
-  return 0;
-}
-
 /* A pool thread. Scans m with the clamd at cf->socket; fills r->virus or
  * r->error. Returns within scan_timeout (getaddrinfo aside, see above). */
 static void clamd_run(void *state, const struct px_conf_filter *cf,
@@ -496,7 +463,7 @@ static void clamd_run(void *state, const struct px_conf_filter *cf,
     return;
   }
   *j = (struct cd_job){ .cf = cf, .m = m, .r = r, .fd = -1 };
-  j->deadline = now_ms() + timeout_ms(cf);
+  j->deadline = flt_now_ms() + flt_timeout_ms(cf);
   if (cd_connect(j) == 0 && send_stream(j, frame) == 0 &&
       (j->answered || read_reply(j) == 0))
     parse_reply(j);
@@ -506,14 +473,7 @@ static void clamd_run(void *state, const struct px_conf_filter *cf,
   free(j);
 }
 
-static void clamd_deinit(void *state)
-{
-  (void)state;
-}
-
 const struct flt_ops flt_clamd_ops = {
   .type = PX_FLT_CLAMD,
-  .init = clamd_init,
   .run = clamd_run,
-  .deinit = clamd_deinit,
 };

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "filter.h"
 
 extern char **environ;
@@ -40,9 +41,6 @@ extern char **environ;
  * headers to an empty message); beyond, a runaway program would fill the
  * memory. */
 #define CMD_OUT_SLACK ((size_t)1 << 20)
-/* scan_timeout_ms == 0 (not set by a caller that built the filter itself):
- * the configuration's default. */
-#define CMD_DEFAULT_TIMEOUT_MS 60000
 
 /* One run: the pipes, the child, where the message and the output are. */
 struct cmd_job {
@@ -62,24 +60,6 @@ struct cmd_job {
   size_t outlen, outcap, outmax;
 };
 
-static uint64_t now_ms(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Milliseconds left before j's deadline, for poll(): 0 once it passed. */
-static int left_ms(const struct cmd_job *j)
-{
-  uint64_t now = now_ms();
-
-  if (now >= j->deadline)
-    return 0;
-  return j->deadline - now > INT_MAX ? INT_MAX : (int)(j->deadline - now);
-}
-
 static void close_fd(int *fd)
 {
   if (*fd >= 0) {
@@ -88,15 +68,9 @@ static void close_fd(int *fd)
   }
 }
 
-static uint64_t timeout_ms(const struct px_conf_filter *cf)
-{
-  return cf->scan_timeout_ms != 0 ? cf->scan_timeout_ms
-                                  : CMD_DEFAULT_TIMEOUT_MS;
-}
-
 static void set_timed_out(struct cmd_job *j)
 {
-  uint64_t ms = timeout_ms(j->cf);
+  uint64_t ms = flt_timeout_ms(j->cf);
 
   if (ms % 1000 == 0)
     snprintf(j->r->error, sizeof j->r->error, "timed out after %llus",
@@ -296,7 +270,7 @@ static int reap(struct cmd_job *j, int *status)
       j->pid = 0; /* not ours to kill any more */
       return -1;
     }
-    left = left_ms(j);
+    left = flt_left_ms(j->deadline);
     if (left == 0) {
       set_timed_out(j);
       return -1;
@@ -425,7 +399,7 @@ static int pump(struct cmd_job *j)
   while (j->in_fd >= 0 || j->out_fd >= 0) {
     struct pollfd pfd[2];
     nfds_t n = 0;
-    int left = left_ms(j), rc;
+    int left = flt_left_ms(j->deadline), rc;
 
     if (left == 0) {
       set_timed_out(j);
@@ -509,18 +483,6 @@ static void conclude(struct cmd_job *j, int status)
   j->out = NULL;
 }
 
-static int command_init(const struct px_conf *c,
-                        const struct px_conf_filter *cf, void **state,
-                        char *err, size_t errlen)
-{
-  (void)c;
-  (void)cf;
-  (void)err;
-  (void)errlen;
-  *state = NULL;
-  return 0;
-}
-
 /* A pool thread. Runs cf->argv over m; fills r->repl (the new message,
  * malloc'd) or r->error. Returns within scan_timeout, plus the moment a
  * SIGKILLed child takes to go. */
@@ -532,7 +494,7 @@ static void command_run(void *state, const struct px_conf_filter *cf,
   int status = 0;
 
   (void)state;
-  j.deadline = now_ms() + timeout_ms(cf);
+  j.deadline = flt_now_ms() + flt_timeout_ms(cf);
   j.inlen = m->mem != NULL ? m->len : m->size;
   j.outmax = j.inlen > (SIZE_MAX - CMD_OUT_SLACK - 1) / 2
                  ? SIZE_MAX - 1
@@ -553,14 +515,7 @@ static void command_run(void *state, const struct px_conf_filter *cf,
   free(j.out);
 }
 
-static void command_deinit(void *state)
-{
-  (void)state;
-}
-
 const struct flt_ops flt_command_ops = {
   .type = PX_FLT_COMMAND,
-  .init = command_init,
   .run = command_run,
-  .deinit = command_deinit,
 };

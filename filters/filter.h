@@ -49,7 +49,8 @@ struct flt_ops {
   enum px_filter_type type;
   /* Main thread, at start, -t and reload: prepares what run() needs (the
    * clamav engine: loaded and compiled here). Returns 0, or a negative
-   * code with "FILE:LINE: ..." lines in err. */
+   * code with "FILE:LINE: ..." lines in err. NULL: no state (run() gets
+   * NULL). */
   int (*init)(const struct px_conf *c, const struct px_conf_filter *cf,
               void **state, char *err, size_t errlen);
   /* A pool thread: examines m and fills r. Must bound its own time (the
@@ -57,7 +58,7 @@ struct flt_ops {
    * shared by every thread running this filter at once. */
   void (*run)(void *state, const struct px_conf_filter *cf,
               const struct flt_msg *m, struct flt_result *r);
-  /* Main thread, once no job uses state any more. */
+  /* Main thread, once no job uses state any more. NULL with init. */
   void (*deinit)(void *state);
 };
 

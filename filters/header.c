@@ -10,17 +10,6 @@
 
 #include "filter.h"
 
-static int header_init(const struct px_conf *c, const struct px_conf_filter *cf,
-                       void **state, char *err, size_t errlen)
-{
-  (void)c;
-  (void)cf;
-  (void)err;
-  (void)errlen;
-  *state = NULL;
-  return 0;
-}
-
 /* Any thread. r->hdrs becomes a malloc'd "Name: value\r\n"... block (NUL-
  * terminated, the NUL not counted in hdrslen), or stays NULL when there is
  * nothing to add. Out of memory is an error, so that on_error decides. */
@@ -53,14 +42,7 @@ static void header_run(void *state, const struct px_conf_filter *cf,
   r->hdrslen = off;
 }
 
-static void header_deinit(void *state)
-{
-  (void)state;
-}
-
 const struct flt_ops flt_header_ops = {
   .type = PX_FLT_HEADER,
-  .init = header_init,
   .run = header_run,
-  .deinit = header_deinit,
 };

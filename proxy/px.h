@@ -4,7 +4,9 @@
 #ifndef PX_H
 #define PX_H
 
+#include <errno.h>
 #include <stddef.h>
+#include <unistd.h>
 
 /* Errors follow libuv's convention: 0 is success, a negative value is a
  * UV_E* code (-errno on Linux) or one of ours from the reserved range
@@ -22,5 +24,22 @@
 const char *px_strerror(int err);
 
 #define PX_ARRAY_LEN(a) (sizeof(a) / sizeof *(a))
+
+/* Writes all of p[0..n) to fd, across short writes and EINTR. Returns 0
+ * or a negative errno. */
+static inline int px_write_all(int fd, const char *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
 
 #endif

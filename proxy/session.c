@@ -301,6 +301,17 @@ static void upstream_failed(struct px_session *s, const char *reason,
   finish(s, reason);
 }
 
+/* The upstream's TLS failed (handshake, certificate, STLS refused or
+ * tampered with): say why in the log; the client gets -ERR [SYS/TEMP]. */
+static void up_tls_failed(struct px_session *s, const char *why)
+{
+  px_log(PX_LOG_WARN,
+         "sid=%016" PRIx64 " ev=upstream_tls_failed upstream=%s err=\"%s\"",
+         s->id, s->up_str, why);
+  upstream_failed(s, "upstream_tls_failed",
+                  "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+}
+
 static struct px_cmdq_ent *push_local(struct px_session *s, const char *reply,
                                       int close)
 {
@@ -1347,15 +1358,10 @@ static void on_status(struct px_session *s, const struct px_fr_out *o)
       return;
     }
     if (!o->ok) {
-      char txt[PX_PEER_TEXT_MAX * 4 + 4];
-      px_log(PX_LOG_WARN,
-             "sid=%016" PRIx64 " ev=upstream_tls_failed "
-             "upstream=%s err=\"STLS refused\" answer=%s",
-             s->id, s->up_str,
-             px_log_sanitize(o->p, o->n, PX_PEER_TEXT_MAX, txt, sizeof txt));
-      upstream_failed(
-          s, "upstream_tls_failed",
-          "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+      char txt[PX_PEER_TEXT_MAX * 4 + 4], why[sizeof txt + 32];
+      snprintf(why, sizeof why, "STLS refused: %s",
+               px_log_sanitize(o->p, o->n, PX_PEER_TEXT_MAX, txt, sizeof txt));
+      up_tls_failed(s, why);
       return;
     }
     s->up_stls = 2; /* the caller checks what follows, then starts TLS */
@@ -1435,12 +1441,7 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
   if (s->closing || s->draining)
     return;
   if (n == PX_ETLS) {
-    px_log(PX_LOG_WARN,
-           "sid=%016" PRIx64 " ev=upstream_tls_failed "
-           "upstream=%s err=\"%s\"",
-           s->id, s->up_str, px_tls_error(c->tls));
-    upstream_failed(s, "upstream_tls_failed",
-                    "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+    up_tls_failed(s, px_tls_error(c->tls));
     return;
   }
   if (n < 0) {
@@ -1529,13 +1530,9 @@ static void upstream_read(struct px_conn *c, const char *p, ssize_t n)
         /* Upstream STLS: nothing may follow the greeting before our STLS,
          * nor the +OK to it before the handshake. Bytes behind that +OK
          * came in the clear (response injection, CVE-2020-14954 class). */
-        px_log(PX_LOG_WARN,
-               "sid=%016" PRIx64 " ev=upstream_tls_failed "
-               "upstream=%s err=\"%zu unexpected bytes around STLS\"",
-               s->id, s->up_str, left);
-        upstream_failed(s, "upstream_tls_failed",
-                        "-ERR [SYS/TEMP] Upstream TLS failed, try again "
-                        "later\r\n");
+        char why[64];
+        snprintf(why, sizeof why, "%zu unexpected bytes around STLS", left);
+        up_tls_failed(s, why);
         break;
       }
       if (s->up_stls == 2)
@@ -1683,12 +1680,7 @@ static int up_start_tls(struct px_session *s)
   s->t_uphs = now_ms(s);
   rc = px_conn_start_tls(&s->up, t);
   if (rc < 0) {
-    px_log(PX_LOG_WARN,
-           "sid=%016" PRIx64 " ev=upstream_tls_failed "
-           "upstream=%s err=\"%s\"",
-           s->id, s->up_str, px_tls_error(t));
-    upstream_failed(s, "upstream_tls_failed",
-                    "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+    up_tls_failed(s, px_tls_error(t));
     return rc;
   }
   arm_timer(s);
@@ -1958,12 +1950,7 @@ static void timer_cb(uv_timer_t *t)
     hold_keepalive(s);
     break;
   case PX_DL_UP_HANDSHAKE:
-    px_log(PX_LOG_WARN,
-           "sid=%016" PRIx64 " ev=upstream_tls_failed "
-           "upstream=%s err=\"handshake timed out\"",
-           s->id, s->up_str);
-    upstream_failed(s, "upstream_tls_failed",
-                    "-ERR [SYS/TEMP] Upstream TLS failed, try again later\r\n");
+    up_tls_failed(s, "handshake timed out");
     break;
   case PX_DL_UPSTREAM:
     px_log(PX_LOG_WARN, "sid=%016" PRIx64 " ev=upstream_timeout upstream=%s",

@@ -1,6 +1,8 @@
 /* spool.c - held messages: memory first, then an unlinked file. */
 #include "spool.h"
 
+#include "px.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -22,21 +24,6 @@ void px_spool_init(struct px_spool *sp)
   sp->fd = -1;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 static void drop_mem(struct px_spool *sp)
 {
   if (sp->mem == NULL)
@@ -54,7 +41,7 @@ static int spill(struct px_spool *sp, const struct px_conf *c)
 
   if (fd < 0)
     return -errno;
-  rc = write_all(fd, sp->mem, sp->len);
+  rc = px_write_all(fd, sp->mem, sp->len);
   if (rc < 0) {
     close(fd);
     return rc;
@@ -91,7 +78,7 @@ int px_spool_append(struct px_spool *sp, const struct px_conf *c, const char *p,
     }
   }
   if (sp->fd >= 0) {
-    rc = write_all(sp->fd, p, n);
+    rc = px_write_all(sp->fd, p, n);
     if (rc < 0)
       return sp->err = rc;
   } else {

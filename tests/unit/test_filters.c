@@ -95,9 +95,11 @@ static void run_filter(const struct flt_ops *ops,
 
   memset(r, 0, sizeof *r);
   assert_int_equal(ops->type, cf->type);
-  assert_int_equal(ops->init(NULL, cf, &state, err, sizeof err), 0);
+  if (ops->init != NULL) /* optional: stateless filters have none */
+    assert_int_equal(ops->init(NULL, cf, &state, err, sizeof err), 0);
   ops->run(state, cf, m, r);
-  ops->deinit(state);
+  if (ops->deinit != NULL)
+    ops->deinit(state);
   /* Both strings stay NUL-terminated whatever a filter wrote. */
   assert_non_null(memchr(r->virus, '\0', sizeof r->virus));
   assert_non_null(memchr(r->error, '\0', sizeof r->error));
