@@ -68,7 +68,9 @@ unit: $(UNIT:%=$(SAN_DIR)/%)
 	@set -e; for t in $^; do echo "== $$t"; $$t; done
 
 integration: $(SAN_DIR)/popgate
-	POPGATE_BIN=$(CURDIR)/$(SAN_DIR)/popgate $(PYTHON) -m pytest -q tests/integration
+	POPGATE_BIN=$(CURDIR)/$(SAN_DIR)/popgate \
+	  TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp $(TSAN_OPTIONS)" \
+	  $(PYTHON) -m pytest -q tests/integration
 
 test: deps
 	$(MAKE) unit integration
