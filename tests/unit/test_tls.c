@@ -212,78 +212,79 @@ static void test_exchange_small_chunks(void **state)
   run_exchange(7);
 }
 
+/* Loads f with one cert/key pair (from the run's directory) and the CA. */
+static void load_one(struct fixture *f, const char *pem, const char *key)
+{
+  const char *certs[][2] = { { path(0, pem), path(1, key) } };
+  char err[1024];
+
+  assert_int_equal(fixture_ctxs(f, certs, 1, path(2, "ca.pem"), err,
+                                sizeof err),
+                   0);
+}
+
+/* A fresh server and client on f's contexts, the client naming name and
+ * checking it when verify is set; returns the handshake's result. The
+ * pair stays in *srv and *cli for the caller to look at and free. */
+static int try_pair(struct fixture *f, const char *name, int verify,
+                    struct px_tls **srv, struct px_tls **cli)
+{
+  *srv = px_tls_new_server(&f->x->listeners[0]);
+  *cli = px_tls_new_client(f->x->upstreams[0], name, verify);
+  assert_non_null(*srv);
+  assert_non_null(*cli);
+  return handshake(*srv, *cli, 1 << 20);
+}
+
+static void free_pair(struct px_tls **srv, struct px_tls **cli)
+{
+  px_tls_free(srv);
+  px_tls_free(cli);
+}
+
 static void test_wrong_name_refused(void **state)
 {
-  const char *certs[][2] = { { path(0, "pop.test.pem"),
-                               path(1, "pop.test.key") } };
   struct fixture f;
-  char err[1024];
   struct px_tls *srv, *cli;
 
   (void)state;
-  assert_int_equal(fixture_ctxs(&f, certs, 1, path(2, "ca.pem"), err,
-                                sizeof err),
-                   0);
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "mail.example", 1);
-  assert_int_equal(handshake(srv, cli, 1 << 20), PX_ETLS);
+  load_one(&f, "pop.test.pem", "pop.test.key");
+  assert_int_equal(try_pair(&f, "mail.example", 1, &srv, &cli), PX_ETLS);
   assert_non_null(strstr(px_tls_error(cli), "hostname mismatch"));
-  px_tls_free(&srv);
-  px_tls_free(&cli);
+  free_pair(&srv, &cli);
 
   /* The same name unchecked (verify = no) goes through. */
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "mail.example", 0);
   SSL_CTX_set_verify(f.x->upstreams[0], SSL_VERIFY_NONE, NULL);
-  assert_int_equal(handshake(srv, cli, 1 << 20), 1);
-  px_tls_free(&srv);
-  px_tls_free(&cli);
+  assert_int_equal(try_pair(&f, "mail.example", 0, &srv, &cli), 1);
+  free_pair(&srv, &cli);
   px_tls_ctxs_unref(&f.x);
 }
 
 static void test_ip_name_checked(void **state)
 {
-  const char *certs[][2] = { { path(0, "pop.test.pem"),
-                               path(1, "pop.test.key") } };
   struct fixture f;
-  char err[1024];
   struct px_tls *srv, *cli;
 
   (void)state;
-  assert_int_equal(fixture_ctxs(&f, certs, 1, path(2, "ca.pem"), err,
-                                sizeof err),
-                   0);
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "127.0.0.1", 1);
-  assert_int_equal(handshake(srv, cli, 1 << 20), 1);
+  load_one(&f, "pop.test.pem", "pop.test.key");
+  assert_int_equal(try_pair(&f, "127.0.0.1", 1, &srv, &cli), 1);
   assert_string_equal(px_tls_sni(srv), "-"); /* no IP literal in SNI */
-  px_tls_free(&srv);
-  px_tls_free(&cli);
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "127.0.0.2", 1);
-  assert_int_equal(handshake(srv, cli, 1 << 20), PX_ETLS);
-  px_tls_free(&srv);
-  px_tls_free(&cli);
+  free_pair(&srv, &cli);
+  assert_int_equal(try_pair(&f, "127.0.0.2", 1, &srv, &cli), PX_ETLS);
+  free_pair(&srv, &cli);
   px_tls_ctxs_unref(&f.x);
 }
 
 static void test_self_signed_refused(void **state)
 {
-  const char *certs[][2] = { { path(0, "self.pem"), path(1, "self.key") } };
   struct fixture f;
-  char err[1024];
   struct px_tls *srv, *cli;
 
   (void)state;
-  assert_int_equal(fixture_ctxs(&f, certs, 1, path(2, "ca.pem"), err,
-                                sizeof err),
-                   0);
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "pop.test", 1);
-  assert_int_equal(handshake(srv, cli, 1 << 20), PX_ETLS);
+  load_one(&f, "self.pem", "self.key");
+  assert_int_equal(try_pair(&f, "pop.test", 1, &srv, &cli), PX_ETLS);
   assert_non_null(strstr(px_tls_error(cli), "self-signed"));
-  px_tls_free(&srv);
-  px_tls_free(&cli);
+  free_pair(&srv, &cli);
   px_tls_ctxs_unref(&f.x);
 }
 
@@ -303,17 +304,11 @@ static void test_sni_selects_certificate(void **state)
   assert_int_equal(fixture_ctxs(&f, certs, 2, path(2, "ca.pem"), err,
                                 sizeof err),
                    0);
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "other.test", 1);
-  assert_int_equal(handshake(srv, cli, 1 << 20), 1);
+  assert_int_equal(try_pair(&f, "other.test", 1, &srv, &cli), 1);
   assert_string_equal(px_tls_sni(srv), "other.test");
-  px_tls_free(&srv);
-  px_tls_free(&cli);
-  srv = px_tls_new_server(&f.x->listeners[0]);
-  cli = px_tls_new_client(f.x->upstreams[0], "pop.test", 1);
-  assert_int_equal(handshake(srv, cli, 1 << 20), 1);
-  px_tls_free(&srv);
-  px_tls_free(&cli);
+  free_pair(&srv, &cli);
+  assert_int_equal(try_pair(&f, "pop.test", 1, &srv, &cli), 1);
+  free_pair(&srv, &cli);
   px_tls_ctxs_unref(&f.x);
 }
 
