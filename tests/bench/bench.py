@@ -28,6 +28,18 @@ the same ECDSA P-256 certificate (a test CA made with the openssl CLI), TLS
       median of 50.
   (d) 500 idle logged-in TLS sessions: the proxy's RSS growth per session.
 
+Then the filter part (BENCH_FILTER=0 skips it): a mixed corpus of 200
+messages (text mails, base64 attachments of random data and of clean-ish
+clamav-testfiles samples, a few infected ones) in a second Dovecot user,
+fetched directly and through popgate with [filter:av] type = clamav, and
+scanned by scanbench (tests/bench/scanbench.c: libclamav alone, the same
+engine settings, from memory), rounds interleaved:
+
+  (e) popgate's fetch time / (direct fetch time + libclamav's scan time),
+      scan_threads = 1.
+  (f) libclamav's scan rate with 2 threads / with 1 thread; popgate with 2
+      clients at scan_threads = 2 / 1 for information.
+
 Not a test: a missed target is reported, never an error. The exit status is
 0 unless something broke (Dovecot or popgate did not start or died, a
 protocol error, a message that came through popgate different from direct).
@@ -38,14 +50,19 @@ Environment:
                     check this script without the daemon; ratios ~1.0)
   BENCH_KEEP        1 = keep the temporary directory
   BENCH_TLS         0 = skip the TLS part
-  BENCH_PLAIN       0 = skip the plaintext part (TLS part only)
+  BENCH_PLAIN       0 = skip the plaintext part
+  BENCH_FILTER      0 = skip the filter part
+  BENCH_FILTER_RUNS rounds of the filter part's (e) and (f) (default 5)
 """
 
 import base64
 import ctypes
 import ctypes.util
 import hashlib
+import io
+import math
 import os
+import random
 import resource
 import shutil
 import signal
@@ -55,7 +72,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -355,11 +374,11 @@ class Client:
                 return caps
             caps.append(ln.split(b" ")[0].upper())
 
-    def login(self):
+    def login(self, user=USER):
         self.expect_ok("greeting")
         # RFC 2449 6.6: a client pipelines only after CAPA showed PIPELINING.
         self.pipelining = b"PIPELINING" in self.capa()
-        self.cmd(f"USER {USER}")
+        self.cmd(f"USER {user}")
         self.s.sendall(f"PASS {PASSWORD}\r\n".encode())
         self.expect_ok("PASS")
 
@@ -405,6 +424,23 @@ class Client:
             tail = bytes(mv[k - 5 : k]) if k >= 5 else (tail + bytes(mv[:k]))[-5:]
             if tail == TERM:
                 return total
+
+    def retr_bytes(self, n):
+        """RETR n; returns the whole response after the status line, up to
+        and including the final ".\r\n" (for the checks, not timed)."""
+        assert not self.buf
+        self.s.sendall(b"RETR %d\r\n" % n)
+        ln = self.line()
+        if not ln.startswith(b"+OK"):
+            raise BenchError(f"RETR {n}: {ln[:120]!r}")
+        out = bytearray(self.buf)
+        self.buf = bytearray()
+        while not (out.endswith(TERM) or out == b".\r\n"):
+            d = self.s.recv(1 << 20)
+            if not d:
+                raise BenchError(f"RETR {n}: connection closed after {len(out)} bytes")
+            out += d
+        return bytes(out)
 
     def retr_pipelined(self, numbers):
         """Send all RETRs in one write, then read until as many responses
@@ -514,7 +550,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid={uid} gid={gid} home={home}
+  args = uid={uid} gid={gid} home={mailroot}/%u
 }}
 service pop3-login {{
   inet_listener pop3 {{
@@ -543,10 +579,12 @@ def start_dovecot(tmp, port, home, cpus):
     os.makedirs(os.path.join(d, "run"))
     with open(os.path.join(d, "passwd"), "w") as f:
         f.write(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+        f.write(f"{FILTER_USER}:{{PLAIN}}{PASSWORD}\n")  # the filter part's corpus
     os.chmod(os.path.join(d, "passwd"), 0o644)
     conf = os.path.join(d, "dovecot.conf")
     with open(conf, "w") as f:
-        f.write(DOVECOT_CONF.format(d=d, uid=MAIL_UID, gid=MAIL_GID, home=home,
+        f.write(DOVECOT_CONF.format(d=d, uid=MAIL_UID, gid=MAIL_GID,
+                                    mailroot=os.path.dirname(home),
                                     port=port, sessions=SESSIONS,
                                     limit=SESSIONS + 200, climit=4 * SESSIONS))
     out = open(os.path.join(d, "stdout.log"), "wb")
@@ -1379,11 +1417,675 @@ def run_tls(tmp, binary, dport, dovecot, big, pin, procs, floor_ms=None):
     log(f"TLS part took {time.monotonic() - t0:.0f} s")
 
 
+# ----------------------------------------------------------------- filter --
+#
+# The filter part: what popgate's clamav filter adds on top of the scan.
+# A mixed corpus in a second Dovecot user, fetched directly and through
+# popgate ([filter:av] type = clamav), and the same messages scanned by
+# scanbench (tests/bench/scanbench.c: libclamav alone, popgate's engine
+# settings, each message from memory), in the same run.
+
+FILTER_USER = "mixed"
+FILTER_SEED = 20261126
+FILTER_TEXT = 134     # text mails of 4-50 KiB (a third multipart/alternative)
+FILTER_RANDOM = 36    # one base64 attachment of random data, 100 KiB-2 MiB
+FILTER_SAMPLES = 24   # clean-ish clamav-testfiles samples, 100 KiB-2 MiB
+FILTER_INFECTED = 6   # EICAR and clam.exe, in bodies, attachments, a zip
+FILTER_COUNT = FILTER_TEXT + FILTER_RANDOM + FILTER_SAMPLES + FILTER_INFECTED
+FILTER_TIME_LIMIT = 120  # seconds added to the time limit for the filter part
+# Rounds of (e) and (f): five, as a round's figures move by +-5% on a small
+# VM and the ratios are medians of the rounds. popgate with 2 clients, for
+# information, has BENCH_RUNS rounds.
+FILTER_RUNS = int(os.environ.get("BENCH_FILTER_RUNS", "5"))
+# Every message of the corpus is held in memory (the largest is under 3
+# MiB), so that popgate scans from memory as scanbench does; the default
+# (1M) would send the larger ones through a spool file and
+# cl_scandesc_callback().
+FILTER_MEMORY_PER_MESSAGE = "4M"
+
+TARGET_FILTER_RATIO = 1.10   # popgate <= 1.10 x (direct + libclamav alone)
+TARGET_SCAN_SCALING = 1.7    # 2 scan threads >= 1.7 x 1 thread
+
+SAMPLES = "/usr/share/clamav-testfiles"
+SIGTOOL = "/usr/bin/sigtool"
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+SAMPLE_TYPES = {".pdf": "application/pdf", ".doc": "application/msword",
+                ".cab": "application/vnd.ms-cab-compressed", ".cpio": "application/x-cpio",
+                ".tnef": "application/ms-tnef", ".exe": "application/x-msdownload"}
+
+POPGATE_AV_CONF = """\
+; Generated by tests/bench/bench.py (filter part).
+[popgate]
+workers = 1
+log = {d}/popgate.log
+log_level = info
+shutdown_timeout = 5s
+spool_dir = {spool}
+memory_per_message = {mpm}
+scan_threads = {threads}
+
+[listener:plain]
+bind = 127.0.0.1:{port}
+tls = off
+upstream = dovecot
+filters = av
+max_clients = 10000
+max_clients_per_ip = {per_ip}
+idle_timeout = 10m
+
+[upstream:dovecot]
+server = 127.0.0.1:{up}
+tls = off
+
+[filter:av]
+type = clamav
+database = {db}
+"""
+
+
+def make_sigdb(d):
+    """The signatures of the integration tests (tests/integration/malware.py):
+    clam.hdb, `sigtool --md5` of clam.exe, and eicar.ndb, the EICAR string
+    as a body signature."""
+    os.makedirs(d)
+    out = run_cmd([SIGTOOL, "--md5", os.path.join(SAMPLES, "clam.exe")], "sigtool --md5").stdout
+    if not out.startswith(tuple("0123456789abcdef")) or ":clam.exe" not in out:
+        raise BenchError(f"sigtool --md5: unexpected output {out[:100]!r}")
+    with open(os.path.join(d, "clam.hdb"), "w") as f:
+        f.write(out)
+    with open(os.path.join(d, "eicar.ndb"), "w") as f:
+        f.write("Eicar-Test-Signature:0:*:%s\n" % EICAR.hex())
+    return d
+
+
+def build_scanbench(d):
+    """Compiles tests/bench/scanbench.c into d; returns the binary's path."""
+    src = os.path.join(REPO, "tests", "bench", "scanbench.c")
+    out = os.path.join(d, "scanbench")
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libclamav"],
+                               capture_output=True, text=True, check=True,
+                               timeout=IO_TIMEOUT).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        flags = ["-lclamav"]
+    run_cmd(["cc", "-O2", "-Wall", "-o", out, src] + flags + ["-lpthread"], "cc scanbench.c")
+    return out
+
+
+def _mutated_samples():
+    """The clamav-testfiles samples that carry clam.exe uncompressed (PDF,
+    OLE2 document, CAB, cpio, TNEF, PE files): each sample with one byte of
+    its embedded clam.exe changed, so that the MD5 signature of clam.exe no
+    longer matches: clean to this bench's signatures, but still parsed by
+    libclamav as what it is. Returns [(name, bytes, offset of the copy)]."""
+    with open(os.path.join(SAMPLES, "clam.exe"), "rb") as f:
+        exe = f.read()
+    out = []
+    for name in sorted(os.listdir(SAMPLES)):
+        with open(os.path.join(SAMPLES, name), "rb") as f:
+            data = f.read()
+        i = data.find(exe[:128])
+        if i >= 0 and name != "clam.exe":
+            out.append((name, data, i))
+    if len(out) < 4:
+        raise BenchError(f"{SAMPLES}: only {len(out)} samples carry clam.exe uncompressed")
+    return out
+
+
+def _zip(members):
+    """A zip archive, deterministic: [(name, data, deflate?)]."""
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        for name, data, deflate in members:
+            zi = zipfile.ZipInfo(name, date_time=(2026, 11, 26, 12, 0, 0))
+            zi.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            zi.external_attr = 0o644 << 16
+            z.writestr(zi, data)
+    return b.getvalue()
+
+
+def build_mixed_corpus():
+    """The filter part's FILTER_COUNT messages, deterministic (FILTER_SEED):
+    [(name, bytes with LF line ends, infected?)], in mailbox order.
+
+    - text mails of 4-50 KiB: lines of pseudo-words, some starting with "."
+      (dot-stuffed on the wire), a third of them multipart/alternative with
+      an HTML copy;
+    - a text part and one base64 attachment of random bytes, 100 KiB-2 MiB
+      (sizes log-uniform);
+    - clean-ish samples (_mutated_samples(), a different byte changed in
+      each message): the sample as an attachment beside a random filler
+      attachment, or both in a zip (the filler stored, the sample
+      deflated), 100 KiB-2 MiB together;
+    - infected: EICAR in a short and in a long text body, eicar.com and
+      clam.exe as attachments, clam.exe after a 512 KiB attachment, and
+      clam.exe in a zip after 300 KiB of filler.
+    Every message and every attachment is unique, so that libclamav's cache
+    of clean hashes never shortcuts a scan of the corpus."""
+    rng = random.Random(FILTER_SEED)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 10)))
+             for _ in range(800)]
+    pool = []
+    for k in range(3000):
+        ln = " ".join(rng.choice(words) for _ in range(rng.randint(5, 12)))
+        pool.append(("." + ln if k % 37 == 0 else ln).encode())
+    with open(os.path.join(SAMPLES, "clam.exe"), "rb") as f:
+        clam_exe = f.read()
+    samples = _mutated_samples()
+    serial = [0]
+
+    def text(size, tag):
+        lines = [b"message " + tag.encode()]
+        total = len(lines[0]) + 1
+        while total < size:
+            ln = rng.choice(pool)
+            lines.append(ln)
+            total += len(ln) + 1
+        return b"\n".join(lines) + b"\n"
+
+    def headers(subject, ctype):
+        serial[0] += 1
+        i = serial[0]
+        return (f"From: Bench Sender <sender{i % 17}@example.test>\n"
+                f"To: {FILTER_USER}@example.test\n"
+                f"Date: Thu, 26 Nov 2026 12:{i % 60:02d}:{i % 59:02d} +0000\n"
+                f"Message-ID: <mixed-{i}@popgate.bench>\n"
+                f"Subject: {subject}\nMIME-Version: 1.0\n"
+                f"Content-Type: {ctype}\n").encode()
+
+    def plain_part(body):
+        return (b"Content-Type: text/plain; charset=us-ascii\n"
+                b"Content-Transfer-Encoding: 7bit\n", body)
+
+    def b64_part(fname, ctype, data):
+        return ((f'Content-Type: {ctype}; name="{fname}"\n'
+                 "Content-Transfer-Encoding: base64\n"
+                 f'Content-Disposition: attachment; filename="{fname}"\n').encode(),
+                base64.encodebytes(data))
+
+    def multipart(subject, sub, parts):
+        b = f"=_popgate_bench_{serial[0] + 1}_{sub}_=".encode()
+        out = [headers(subject, f'multipart/{sub}; boundary="{b.decode()}"'),
+               b"\nThis is a multi-part message in MIME format.\n"]
+        for h, body in parts:
+            out += [b"\n--" + b + b"\n", h, b"\n", body]
+        out.append(b"\n--" + b + b"--\n")
+        return b"".join(out)
+
+    def size_between(lo, hi):
+        return int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+    def note(tag):
+        return text(rng.randint(600, 2000), tag)
+
+    msgs = []
+    for k in range(FILTER_TEXT):
+        size = rng.randint(4 << 10, 50 << 10)
+        tag = f"text-{k}"
+        if k % 3 == 2:
+            t = text(size // 2, tag)
+            html = (b"<html><body>\n"
+                    + b"".join(b"<p>" + ln + b"</p>\n" for ln in t.split(b"\n") if ln)
+                    + b"</body></html>\n")
+            data = multipart(f"text {k}", "alternative", [
+                plain_part(t),
+                (b"Content-Type: text/html; charset=us-ascii\n"
+                 b"Content-Transfer-Encoding: 7bit\n", html)])
+        else:
+            data = (headers(f"text {k}", "text/plain; charset=us-ascii")
+                    + b"\n" + text(size, tag))
+        msgs.append((tag, data, False))
+    for k in range(FILTER_RANDOM):
+        tag = f"random-{k}"
+        blob = rng.randbytes(size_between(100 << 10, 2 << 20))
+        msgs.append((tag, multipart(f"random {k}", "mixed", [
+            plain_part(note(tag)),
+            b64_part(f"data{k}.bin", "application/octet-stream", blob)]), False))
+    for k in range(FILTER_SAMPLES):
+        name, data, at = samples[k % len(samples)]
+        data = bytearray(data)
+        data[at + 96 + (k // len(samples)) % 32] ^= 0x01  # in the DOS stub's code
+        data = bytes(data)
+        tag = f"sample-{k}-{name}"
+        target = size_between(100 << 10, 2 << 20)
+        filler = rng.randbytes(max(4096, target - len(data)))
+        ctype = SAMPLE_TYPES.get(os.path.splitext(name)[1], "application/octet-stream")
+        if k % 2 == 0:
+            parts = [b64_part(f"bundle{k}.zip", "application/zip",
+                              _zip([(f"filler{k}.bin", filler, False), (name, data, True)]))]
+        else:
+            parts = [b64_part(name, ctype, data),
+                     b64_part(f"filler{k}.bin", "application/octet-stream", filler)]
+        msgs.append((tag, multipart(f"sample {name}", "mixed",
+                                    [plain_part(note(tag))] + parts), False))
+    # The infected ones.
+    t = text(8 << 10, "eicar-body").split(b"\n")
+    t.insert(len(t) // 2, EICAR)
+    msgs.append(("eicar-body", headers("infected eicar body", "text/plain; charset=us-ascii")
+                 + b"\n" + b"\n".join(t), True))
+    t = text(40 << 10, "eicar-long").split(b"\n")
+    t.insert(len(t) * 3 // 4, EICAR)
+    msgs.append(("eicar-long", headers("infected eicar long", "text/plain; charset=us-ascii")
+                 + b"\n" + b"\n".join(t), True))
+    msgs.append(("eicar-att", multipart("infected eicar.com", "mixed", [
+        plain_part(note("eicar-att")),
+        b64_part("eicar.com", "application/octet-stream", EICAR)]), True))
+    msgs.append(("clam-exe", multipart("infected clam.exe", "mixed", [
+        plain_part(note("clam-exe")),
+        b64_part("clam.exe", "application/x-msdownload", clam_exe)]), True))
+    msgs.append(("clam-exe-late", multipart("infected clam.exe late", "mixed", [
+        plain_part(note("clam-exe-late")),
+        b64_part("before.bin", "application/octet-stream", rng.randbytes(512 << 10)),
+        b64_part("clam.exe", "application/x-msdownload", clam_exe)]), True))
+    msgs.append(("clam-zip", multipart("infected clam.exe in a zip", "mixed", [
+        plain_part(note("clam-zip")),
+        b64_part("archive.zip", "application/zip",
+                 _zip([("filler.bin", rng.randbytes(300 << 10), False),
+                       ("clam.exe", clam_exe, True)]))]), True))
+    assert len(msgs) == FILTER_COUNT
+    rng.shuffle(msgs)
+    return msgs
+
+
+def write_mixed(tmp, msgs):
+    """The corpus twice: in FILTER_USER's maildir (LF, as delivered mail is
+    stored) and as files for scanbench, with CRLF line ends: what popgate
+    holds and scans, the body Dovecot sends, un-stuffed. Returns the
+    directory of the files and the sizes."""
+    home = os.path.join(tmp, "mail", FILTER_USER)
+    md = os.path.join(home, "Maildir")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(md, sub))
+    fdir = os.path.join(tmp, "filter", "msgs")
+    os.makedirs(fdir)
+    for i, (tag, data, _) in enumerate(msgs):
+        vsize = len(data) + data.count(b"\n")
+        name = f"{1700000000 + i}.M{i}P{os.getpid()}.mixed,S={len(data)},W={vsize}:2,"
+        with open(os.path.join(md, "cur", name), "wb") as f:
+            f.write(data)
+        with open(os.path.join(fdir, f"{i:03d}-{tag}.eml"), "wb") as f:
+            f.write(data.replace(b"\n", b"\r\n"))
+    for root, dirs, files in os.walk(home):
+        for n in dirs + files:
+            os.chown(os.path.join(root, n), MAIL_UID, MAIL_GID)
+    os.chown(home, MAIL_UID, MAIL_GID)
+    return fdir
+
+
+def unstuff(resp):
+    """A RETR response body (after the status line, ending with CRLF.CRLF)
+    -> the message as it is stored, with CRLF line ends."""
+    body = resp[:-3]
+    if body.startswith(b".."):
+        body = body[1:]
+    return body.replace(b"\r\n..", b"\r\n.")
+
+
+def fetch_all(port, msgnos, user=FILTER_USER):
+    """One session: RETR of every message of msgnos, one at a time. Returns
+    the wall seconds of the RETRs (login not included) and the bytes."""
+    c = Client(port)
+    try:
+        c.login(user)
+        total = 0
+        t0 = time.perf_counter()
+        for n in msgnos:
+            total += c.retr_count(n)
+        dt = time.perf_counter() - t0
+        c.cmd("QUIT")
+    finally:
+        c.close()
+    return dt, total
+
+
+def fetch_concurrent(port, groups, user=FILTER_USER):
+    """One session per group, logged in first, then all fetching at once,
+    each its group one RETR at a time. Returns the wall seconds from the
+    start of the RETRs to the end of the last."""
+    clients = []
+    errors = []
+    try:
+        for _ in groups:
+            c = Client(port)
+            clients.append(c)
+            c.login(user)
+
+        def run(c, msgnos):
+            try:
+                for n in msgnos:
+                    c.retr_count(n)
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(c, g), daemon=True)
+                   for c, g in zip(clients, groups)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=4 * IO_TIMEOUT)
+            if t.is_alive():
+                raise BenchError("a concurrent fetch did not finish in time")
+        dt = time.perf_counter() - t0
+        if errors:
+            raise BenchError(f"concurrent fetch: {errors[0]}")
+        for c in clients:
+            c.cmd("QUIT")
+    finally:
+        for c in clients:
+            c.close()
+    return dt
+
+
+def run_scanbench(sb, db, spool, threads, files, cpus, verbose=False):
+    """scanbench over files with threads threads, pinned to cpus (None: not
+    pinned). Returns its summary as a dict (numbers as floats) with
+    "verdicts": {file: virus name} when verbose."""
+    argv = [sb, "-T", spool] + (["-v"] if verbose else []) + [db, str(threads)] + files
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=4 * IO_TIMEOUT,
+                           stdin=subprocess.DEVNULL,
+                           preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"scanbench ({threads} threads) took over {4 * IO_TIMEOUT} s")
+    if r.returncode != 0:
+        raise BenchError(f"scanbench failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+    res = {"verdicts": {}, "failed": {}}
+    for ln in r.stdout.splitlines():
+        f = ln.split(" ", 2)
+        if f[0] == "verdict" and len(f) == 3:
+            res["verdicts"][f[1]] = f[2]
+        elif f[0] == "error" and len(f) == 3:
+            res["failed"][f[1]] = f[2]
+        elif f[0] == "scanbench":
+            for kv in ln.split()[1:]:
+                k, _, v = kv.partition("=")
+                res[k] = float(v)
+    if "seconds" not in res:
+        raise BenchError(f"scanbench: no summary in {r.stdout[-200:]!r}")
+    if res["errors"]:
+        raise BenchError(f"scanbench: {res['errors']:.0f} scans failed {res['failed']}")
+    return res
+
+
+def tlb_shootdowns():
+    """The machine's TLB shootdown IPIs so far (/proc/interrupts, all CPUs),
+    or None. A thread that changes a mapping of its process while another
+    of its threads runs on another CPU interrupts that CPU; in a VM each
+    such IPI is a trip through the hypervisor."""
+    try:
+        with open("/proc/interrupts") as f:
+            for ln in f:
+                fields = ln.split()
+                if fields and fields[0] == "TLB:":
+                    return sum(int(x) for x in fields[1:] if x.isdigit())
+    except OSError:
+        pass
+    return None
+
+
+def verdict_lines(path, since=0):
+    """popgate's ev=verdict log lines from byte offset since."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(since)
+            return [ln for ln in f.read().decode(errors="replace").splitlines()
+                    if "ev=verdict" in ln]
+    except FileNotFoundError:
+        return []
+
+
+class AvPopgate:
+    """Starts popgate instances with [filter:av], each fresh (a new engine:
+    libclamav's cache of clean hashes starts empty, as scanbench's does)."""
+
+    def __init__(self, tmp, binary, dport, spool, db, procs):
+        self.tmp, self.binary, self.dport = tmp, binary, dport
+        self.spool, self.db, self.procs = spool, db, procs
+        self.k = 0
+
+    def start(self, threads, cpus):
+        self.k += 1
+        sub = f"popgate-av{threads}-{self.k}"
+        port = free_port()
+        p = self.procs[sub] = start_popgate(
+            self.tmp, self.binary, port, self.dport, cpus, sub=sub,
+            template=POPGATE_AV_CONF, spool=self.spool, db=self.db,
+            mpm=FILTER_MEMORY_PER_MESSAGE, threads=threads)
+        return sub, port, p
+
+    def stop(self, sub):
+        p = self.procs.pop(sub)
+        if p.poll() is not None:
+            raise BenchError(f"{sub} died during the filter part (exit {p.returncode})")
+        stop(p, sub)
+
+    def log(self, sub):
+        return os.path.join(self.tmp, sub, "popgate.log")
+
+
+def filter_report(corpus_mb, nbytes, e, f, g, infected):
+    med = statistics.median
+    direct, pg, lib, pg_cpu, lib_cpu = (e[k] for k in ("direct", "popgate", "libclamav",
+                                                       "popgate_cpu", "libclamav_cpu"))
+    ratios = [p / (d + s) for d, p, s in zip(direct, pg, lib)]
+    ratio = med(ratios)
+    rows = [(f"(e) {FILTER_COUNT} mixed messages, 1 session, s (median of {FILTER_RUNS})",
+             f"{med(direct):.3f}", f"{med(lib):.3f}", f"{med(pg):.3f}", f"{ratio:.2f}x",
+             f"<= {TARGET_FILTER_RATIO:.2f}x", verdict(ratio <= TARGET_FILTER_RATIO))]
+    head = ("measure", "direct", "libclamav", "popgate", "ratio", "target", "result")
+    scal = [b / a for a, b in zip(f[1], f[2])]
+    pscal = [b / a for a, b in zip(g[1], g[2])]
+    rows2 = [(f"(f) libclamav alone, msgs/s (median of {FILTER_RUNS})", f"{med(f[1]):.1f}",
+              f"{med(f[2]):.1f}", f"{med(scal):.2f}x", f">= {TARGET_SCAN_SCALING}x",
+              verdict(med(scal) >= TARGET_SCAN_SCALING)),
+             (f"    popgate, 2 clients, msgs/s (median of {RUNS}, info)", f"{med(g[1]):.1f}",
+              f"{med(g[2]):.1f}",
+              f"{med(pscal):.2f}x", "-", "-")]
+    head2 = ("measure", "1 thread", "2 threads", "ratio", "target", "result")
+    log("")
+    for h, rs in ((head, rows), (head2, rows2)):
+        w = [max(len(r[i]) for r in rs + [h]) for i in range(len(h))]
+        fmt = "  ".join("{:<%d}" % w[0] if i == 0 else "{:>%d}" % w[i] for i in range(len(h)))
+        log(fmt.format(*h))
+        log("  ".join("-" * x for x in w))
+        for r in rs:
+            log(fmt.format(*r))
+        log("")
+    log(f"(e) ratio = popgate / (direct + libclamav alone), median of the per-round"
+        f" ratios (the three interleaved, order rotating); popgate scan_threads = 1,"
+        f" pinned with scanbench to one CPU; {FILTER_COUNT} messages, {corpus_mb:.1f} MB"
+        f" ({nbytes} bytes per fetch through popgate), {infected} infected")
+
+    def fl(xs, fmt="%.3f"):
+        return " ".join(fmt % x for x in xs)
+
+    log(f"(e) runs, s: direct {fl(direct)}; popgate {fl(pg)}; libclamav {fl(lib)};"
+        f" ratios {fl(ratios, '%.3f')}")
+    extra = [(p - d - s) * 1000 / FILTER_COUNT for d, p, s in zip(direct, pg, lib)]
+    log(f"(e) popgate - direct - libclamav: {fl(extra, '%.2f')} ms per message;"
+        f" CPU s: popgate (all threads) {fl(pg_cpu)}, libclamav alone {fl(lib_cpu)}")
+    log(f"(f) runs, msgs/s: 1 thread {fl(f[1], '%.1f')}; 2 threads {fl(f[2], '%.1f')};"
+        f" ratios {fl(scal, '%.2f')} (scanbench, not pinned, {os.cpu_count()} CPUs,"
+        " largest message first)")
+    if f["tlb1"] and f["tlb2"]:
+        tlb = (f"; TLB shootdown IPIs per message: 1 thread {med(f['tlb1']) / FILTER_COUNT:.1f},"
+               f" 2 threads {med(f['tlb2']) / FILTER_COUNT:.1f}")
+    else:
+        tlb = ""
+    log(f"(f) scanbench CPU s per pass: 1 thread {fl(f['cpu1'])}; 2 threads {fl(f['cpu2'])}{tlb}")
+    log(f"(f) popgate, 2 clients (half the bytes each, largest first), scan_threads = 1 then 2,"
+        f" not pinned: msgs/s {fl(g[1], '%.1f')}; {fl(g[2], '%.1f')}; ratios {fl(pscal, '%.2f')}")
+
+
+def run_filter(tmp, binary, dport, dovecot, pin, all_cpus, procs):
+    """The filter part. procs gets the started daemons (stopped by main)."""
+    t0 = time.monotonic()
+    fd = os.path.join(tmp, "filter")
+    os.makedirs(fd)
+    spool = os.path.join(fd, "spool")
+    os.makedirs(spool)
+    sb = build_scanbench(fd)
+    db = make_sigdb(os.path.join(fd, "db"))
+    msgs = build_mixed_corpus()
+    fdir = write_mixed(tmp, msgs)
+    corpus_mb = sum(len(d) for _, d, _ in msgs) / MB
+    infected_tags = {t for t, _, inf in msgs if inf}
+    ver = subprocess.run(["clamscan", "--version"], capture_output=True, text=True,
+                         timeout=IO_TIMEOUT).stdout.strip() if shutil.which("clamscan") else "?"
+    log("")
+    log(f"filter: {FILTER_COUNT} mixed messages ({corpus_mb:.1f} MB stored: {FILTER_TEXT} text,"
+        f" {FILTER_RANDOM} random attachments, {FILTER_SAMPLES} clean-ish samples,"
+        f" {FILTER_INFECTED} infected) in Dovecot user {FILTER_USER}; popgate [filter:av]"
+        f" type = clamav (memory_per_message = {FILTER_MEMORY_PER_MESSAGE}); {ver}")
+
+    # Which message number is which file: the body Dovecot sends, un-stuffed,
+    # must be one of the files byte for byte (this also warms the page cache).
+    by_hash = {}
+    for name in sorted(os.listdir(fdir)):
+        with open(os.path.join(fdir, name), "rb") as f:
+            by_hash[hashlib.sha256(f.read()).digest()] = os.path.join(fdir, name)
+    c = Client(dport)
+    direct = {}
+    try:
+        c.login(FILTER_USER)
+        sizes = c.list()
+        if len(sizes) != FILTER_COUNT:
+            raise BenchError(f"{FILTER_USER}'s mailbox: {len(sizes)} messages, expected"
+                             f" {FILTER_COUNT}")
+        msgnos = sorted(sizes)
+        files = []
+        for n in msgnos:
+            direct[n] = c.retr_bytes(n)
+            path = by_hash.get(hashlib.sha256(unstuff(direct[n])).digest())
+            if path is None:
+                raise BenchError(f"message {n} from Dovecot matches none of the corpus files")
+            files.append(path)
+        c.cmd("QUIT")
+    finally:
+        c.close()
+    if len(set(files)) != FILTER_COUNT:
+        raise BenchError("two messages from Dovecot map to the same corpus file")
+    tag_of = {p: os.path.basename(p)[4:-4] for p in files}
+
+    # The verdicts: scanbench and popgate must find the same infected
+    # messages, the ones built infected; popgate must pass the others byte
+    # for byte.
+    sbres = run_scanbench(sb, db, spool, 1, files, pin[1] if pin else None, verbose=True)
+    found = {tag_of[p] for p in sbres["verdicts"]}
+    if found != infected_tags:
+        raise BenchError(f"scanbench found {sorted(found)}, expected {sorted(infected_tags)}")
+    av = AvPopgate(tmp, binary, dport, spool, db, procs)
+    sub, port, p = av.start(1, pin[1] if pin else None)
+    c = Client(port)
+    replaced = set()
+    try:
+        c.login(FILTER_USER)
+        for n, path in zip(msgnos, files):
+            got = c.retr_bytes(n)
+            if got != direct[n]:
+                if b"Subject: [virus removed]" not in got:
+                    raise BenchError(f"message {n} ({tag_of[path]}) differs through popgate")
+                replaced.add(tag_of[path])
+        c.cmd("QUIT")
+    finally:
+        c.close()
+    if replaced != infected_tags:
+        raise BenchError(f"popgate replaced {sorted(replaced)}, expected {sorted(infected_tags)}")
+    nv = len(verdict_lines(av.log(sub)))
+    if nv != FILTER_INFECTED:
+        raise BenchError(f"popgate logged {nv} verdicts, expected {FILTER_INFECTED}")
+    av.stop(sub)
+    del direct
+    log(f"checked: scanbench and popgate find the same {FILTER_INFECTED} infected messages;"
+        f" popgate passes the {FILTER_COUNT - FILTER_INFECTED} others byte for byte")
+
+    # (e) direct, popgate (fresh, scan_threads = 1), libclamav alone (fresh,
+    # 1 thread), interleaved, order rotating.
+    log(f"(e) {FILTER_COUNT} messages: direct, through popgate, libclamav alone ...")
+    e = {k: [] for k in ("direct", "popgate", "libclamav", "popgate_cpu", "libclamav_cpu")}
+    nbytes = set()
+    kinds = ("direct", "popgate", "libclamav")
+    for r in range(FILTER_RUNS):
+        k = r % 3
+        for what in kinds[k:] + kinds[:k]:
+            if what == "direct":
+                dt, _ = fetch_all(dport, msgnos)
+            elif what == "popgate":
+                sub, port, p = av.start(1, pin[1] if pin else None)
+                c0 = cpu_seconds(p.pid)
+                dt, n = fetch_all(port, msgnos)
+                e["popgate_cpu"].append(cpu_seconds(p.pid) - c0)
+                nbytes.add(n)
+                nv = len(verdict_lines(av.log(sub)))
+                if nv != FILTER_INFECTED:
+                    raise BenchError(f"popgate logged {nv} verdicts, expected {FILTER_INFECTED}")
+                av.stop(sub)
+            else:
+                res = run_scanbench(sb, db, spool, 1, files, pin[1] if pin else None)
+                if res["infected"] != FILTER_INFECTED:
+                    raise BenchError(f"scanbench: {res['infected']:.0f} infected")
+                dt = res["seconds"]
+                e["libclamav_cpu"].append(res["cpu_s"])
+            e[what].append(dt)
+    if len(nbytes) != 1:
+        raise BenchError(f"fetch sizes through popgate differ between runs: {sorted(nbytes)}")
+
+    # (f) scan rate: scanbench with 1 and 2 threads, not pinned. The
+    # messages go largest first (longest job first), so that the threads
+    # finish together: a steady stream of mail has no last message, while in
+    # mailbox order the last large one can leave a thread idle for 0.2 s.
+    log("(f) scan rate: libclamav alone with 1 and 2 threads; popgate with 2 clients ...")
+    size = {n: sizes[n] for n in msgnos}
+    lpt = sorted(range(FILTER_COUNT), key=lambda i: (-size[msgnos[i]], i))
+    lpt_files = [files[i] for i in lpt]
+    f = {1: [], 2: [], "cpu1": [], "cpu2": [], "tlb1": [], "tlb2": []}
+    for r in range(FILTER_RUNS):
+        for t in ((1, 2) if r % 2 == 0 else (2, 1)):
+            tlb0 = tlb_shootdowns()
+            res = run_scanbench(sb, db, spool, t, lpt_files, all_cpus)
+            tlb1 = tlb_shootdowns()
+            if res["infected"] != FILTER_INFECTED:
+                raise BenchError(f"scanbench: {res['infected']:.0f} infected")
+            f[t].append(res["msgs_per_s"])
+            f[f"cpu{t}"].append(res["cpu_s"])
+            if tlb0 is not None and tlb1 is not None:
+                f[f"tlb{t}"].append(tlb1 - tlb0)
+    # For information: popgate, scan_threads = 1 and 2, 2 clients at once.
+    # The two clients' shares: as even in bytes as a greedy split makes them,
+    # each fetched largest first.
+    g = {1: [], 2: []}
+    groups, load = [[], []], [0, 0]
+    for i in lpt:
+        k = 0 if load[0] <= load[1] else 1
+        groups[k].append(msgnos[i])
+        load[k] += size[msgnos[i]]
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, all_cpus)  # the clients' threads inherit it
+    try:
+        for r in range(RUNS):
+            for t in ((1, 2) if r % 2 == 0 else (2, 1)):
+                sub, port, p = av.start(t, all_cpus)
+                dt = fetch_concurrent(port, groups)
+                av.stop(sub)
+                g[t].append(FILTER_COUNT / dt)
+    finally:
+        os.sched_setaffinity(0, mine)
+    if dovecot.poll() is not None:
+        raise BenchError(f"dovecot died during the filter part (exit {dovecot.returncode})")
+    filter_report(corpus_mb, nbytes.pop(), e, f, g, len(infected_tags))
+    log(f"filter part took {time.monotonic() - t0:.0f} s")
+
+
 # -------------------------------------------------------------------- main --
 
 
+_limit = [TIME_LIMIT]  # the run's time limit in seconds, for the message
+
+
 def alarm(signum, frame):
-    raise BenchError(f"time limit of {TIME_LIMIT} s reached")
+    raise BenchError(f"time limit of {_limit[0]} s reached")
 
 
 def main():
@@ -1392,6 +2094,8 @@ def main():
     # The TLS part compares popgate with HAProxy and stunnel: nothing to
     # compare without popgate.
     tls = os.environ.get("BENCH_TLS", "1") != "0" and not no_proxy
+    # The filter part measures popgate's clamav filter: nothing without it.
+    filt = os.environ.get("BENCH_FILTER", "1") != "0" and not no_proxy
     binary = os.environ.get("POPGATE_BIN", "build/popgate")
     if not os.path.isabs(binary):
         binary = os.path.join(REPO, binary)
@@ -1410,17 +2114,28 @@ def main():
             log(f"bench: {', '.join(missing)} missing: run scripts/deps.sh"
                 " (or BENCH_TLS=0 to skip the TLS part)")
             return 2
+    if filt:
+        missing = [t for t in ("cc", SIGTOOL) if shutil.which(t) is None]
+        missing += [p for p in ("/usr/include/clamav.h", os.path.join(SAMPLES, "clam.exe"))
+                    if not os.path.exists(p)]
+        if missing:
+            log(f"bench: {', '.join(missing)} missing: run scripts/deps.sh"
+                " (or BENCH_FILTER=0 to skip the filter part)")
+            return 2
 
     signal.signal(signal.SIGALRM, alarm)
     signal.signal(signal.SIGTERM, alarm)
-    limit = (TIME_LIMIT if plain else 0) + (TLS_TIME_LIMIT if tls else 0)
-    signal.alarm(limit or TIME_LIMIT)
+    limit = ((TIME_LIMIT if plain else 0) + (TLS_TIME_LIMIT if tls else 0)
+             + (FILTER_TIME_LIMIT if filt else 0))
+    _limit[0] = limit or TIME_LIMIT
+    signal.alarm(_limit[0])
     raise_fd_limit()
     tmp = tempfile.mkdtemp(prefix="popgate-bench.")
     os.chmod(tmp, 0o755)  # Dovecot's mail (uid 8) and auth processes walk in
     procs = {}  # name -> Popen: checked on failure, stopped at the end
     t_start = time.monotonic()
     try:
+        all_cpus = os.sched_getaffinity(0)
         pin = placement()
         dport = free_port()
         home = os.path.join(tmp, "mail", USER)
@@ -1489,6 +2204,13 @@ def main():
             run_tls(tmp, binary, dport, dovecot, big, pin, procs, floor_ms)
         elif not no_proxy:
             log("BENCH_TLS=0: TLS part skipped")
+        if filt:
+            # The TLS part's proxies would only idle: stop them first.
+            for name in [n for n in procs if n != "dovecot"]:
+                stop(procs.pop(name), name)
+            run_filter(tmp, binary, dport, dovecot, pin, all_cpus, procs)
+        elif not no_proxy:
+            log("BENCH_FILTER=0: filter part skipped")
         log(f"bench took {time.monotonic() - t_start:.0f} s; logs in {tmp}"
             if os.environ.get("BENCH_KEEP") == "1"
             else f"bench took {time.monotonic() - t_start:.0f} s")
@@ -1498,9 +2220,12 @@ def main():
         for name, p in procs.items():
             if p.poll() is not None:
                 log(f"bench: {name} exited with {p.returncode}")
+        av = sorted((n for n in os.listdir(tmp) if n.startswith("popgate-av")),
+                    key=lambda n: os.path.getmtime(os.path.join(tmp, n)))[-1:]
         for f in ("popgate/stderr.log", "popgate/popgate.log", "dovecot/dovecot.log",
                   "popgate-tls/stderr.log", "popgate-tls/popgate.log",
-                  "haproxy/haproxy.log", "stunnel/stunnel.log"):
+                  "haproxy/haproxy.log", "stunnel/stunnel.log") + tuple(
+                      f"{n}/{x}" for n in av for x in ("stderr.log", "popgate.log")):
             path = os.path.join(tmp, f)
             if os.path.exists(path):
                 with open(path, errors="replace") as fh:
