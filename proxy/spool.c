@@ -58,13 +58,18 @@ int px_spool_append(struct px_spool *sp, const struct px_conf *c, const char *p,
 
   if (sp->err < 0)
     return sp->err;
-  if (sp->fd < 0 && sp->len + n > sp->cap) {
+  if (sp->fd < 0 && !sp->mem_only && sp->len + n > c->memory_per_message) {
+    rc = spill(sp, c);
+    if (rc < 0)
+      return sp->err = rc;
+  } else if (sp->fd < 0 && sp->len + n > sp->cap) {
     size_t want = sp->cap ? sp->cap : 64 * 1024;
     while (want < sp->len + n)
       want *= 2;
-    if (!sp->mem_only &&
-        (sp->len + n > c->memory_per_message ||
-         px_spool_ram() + (want - sp->cap) > c->memory_budget)) {
+    /* Never more than memory_per_message, which len + n fits in here. */
+    if (!sp->mem_only && want > c->memory_per_message)
+      want = (size_t)c->memory_per_message;
+    if (!sp->mem_only && px_spool_ram() + (want - sp->cap) > c->memory_budget) {
       rc = spill(sp, c);
       if (rc < 0)
         return sp->err = rc;
