@@ -978,8 +978,11 @@ static void hold_append(struct px_session *s, const char *p, size_t n)
     h->too_big = 1;
     snprintf(h->unscanned, sizeof h->unscanned,
              "message larger than max_message_size");
-    if (!chain_all_pass(s)) {
+    if (!chain_all_pass(s) || h->spool.mem_only) {
+      /* Nothing more is kept: it will be -ERR. Memory never holds more
+       * than max_message_size of a message, even for on_error = pass. */
       px_spool_free(&h->spool);
+      h->spool.err = -EFBIG;
       return;
     }
   }
