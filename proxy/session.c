@@ -987,7 +987,8 @@ static void hold_append(struct px_session *s, const char *p, size_t n)
     }
   }
   rc = px_spool_append(&h->spool, s->conf, p, n);
-  if (rc < 0 && h->spool.fd < 0 && !h->spool.mem_only && chain_all_pass(s)) {
+  if (rc < 0 && h->spool.fd < 0 && !h->spool.mem_only && chain_all_pass(s) &&
+      !h->too_big) {
     /* The spool file cannot be made. With on_error = pass the message is
      * delivered unscanned, held in memory up to max_message_size. */
     snprintf(h->unscanned, sizeof h->unscanned, "spool_dir: %s", strerror(-rc));

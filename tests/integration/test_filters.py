@@ -1154,3 +1154,16 @@ def test_isolation_big_scan_does_not_stall_others(start_pg, av):
     late = [(a, b) for s in samples for a, b in s
             if window[0] <= a <= window[1] and b - a >= 2.0]
     assert not late, "small RETRs that took over 2 s during the big scan: %r" % late[:5]
+
+
+def test_pass_cannot_hold_more_than_max_message_size_in_memory(start_pg, av, dovecot):
+    """on_error = pass delivers what the filters could not examine, but only
+    what popgate could hold: with the spool unusable, memory holds at most
+    max_message_size of a message, so a larger one is refused with
+    -ERR [SYS/TEMP] and stays on the server."""
+    p = start_pg({"av": clamav(av, on_error="pass")},
+                 popgate={"memory_per_message": "4K", "max_message_size": "64K"})
+    p.make_immutable()
+    mark = log_mark(p)
+    check_tempfail(p, av, dovecot, "long_line", ("av", "-"), mark, companions=False)
+    assert p.alive()
