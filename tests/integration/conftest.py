@@ -65,6 +65,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~5 s (still run by default)")
 
 
+def terminate(proc):
+    """SIGTERM a server we started, then SIGKILL after 20 s."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def popgate_bin():
     b = os.environ.get("POPGATE_BIN") or os.path.join(REPO, "build", "popgate")
     if not os.path.isabs(b):
@@ -257,13 +268,7 @@ class Dovecot:
         return self.read_file("dovecot.log")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         if getattr(self, "stdout", None):
             self.stdout.close()
 
@@ -937,13 +942,7 @@ class Clamd:
             return False
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
 
     def cleanup(self):
         self.stop()

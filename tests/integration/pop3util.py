@@ -12,6 +12,7 @@ wait_listening(), parse_log(), ...
 
 import base64
 import errno
+import glob
 import os
 import re
 import socket
@@ -494,3 +495,15 @@ def read_first_lines(socks, deadline_s):
     for s in socks:
         s.setblocking(True)
     return [res.get(s) for s in socks]
+
+
+def maildir_new(md):
+    """The messages mpop delivered into maildir md's new/, in delivery order
+    (mpop's file names end in Q<counter>.<host>)."""
+    files = sorted(glob.glob(os.path.join(md, "new", "*")),
+                   key=lambda f: int(f.rsplit("Q", 1)[1].split(".")[0]))
+    msgs = []
+    for f in files:
+        with open(f, "rb") as fh:
+            msgs.append(fh.read())
+    return msgs

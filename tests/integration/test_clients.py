@@ -5,7 +5,6 @@ directly: what it delivers through popgate must be identical. Where the
 client's output is predictable, it is also compared with the stored
 originals."""
 
-import glob
 import hashlib
 import os
 import poplib
@@ -14,7 +13,7 @@ import subprocess
 import pytest
 
 import corpus as corpus_mod
-from pop3util import to_crlf, unstuff
+from pop3util import maildir_new, to_crlf, unstuff
 
 CURL = "/usr/bin/curl"
 MPOP = "/usr/bin/mpop"
@@ -163,13 +162,7 @@ def mpop_fetch(port, outdir, user="alice", password="secret", pipelining="on"):
            "--pipelining=" + pipelining, "--timeout=60",
            "--delivery=maildir," + md, "--uidls-file=" + os.path.join(outdir, "uidls")]
     r = subprocess.run(cmd, capture_output=True, timeout=180, env=dict(os.environ, HOME=outdir))
-    files = sorted(glob.glob(os.path.join(md, "new", "*")),
-                   key=lambda f: int(f.rsplit("Q", 1)[1].split(".")[0]))
-    msgs = []
-    for f in files:
-        with open(f, "rb") as fh:
-            msgs.append(fh.read())
-    return r, msgs
+    return r, maildir_new(md)
 
 
 @pytest.mark.slow

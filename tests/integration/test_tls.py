@@ -17,7 +17,6 @@ Layout of this module:
   testssl.sh      two scans (implicit and -t pop3), run in parallel
 """
 
-import glob
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ import pytest
 import conftest
 from conftest import Lines, Popgate
 from fakeupstream import STARTTLS, FakeUpstream, sample_message, stuff_block
-from pop3util import (Closed, POP3Error, RawPOP3, close_lines_for, free_port, parse_log_line,
+from pop3util import (Closed, POP3Error, RawPOP3, maildir_new, close_lines_for, free_port, parse_log_line,
                       tls_client_context, unstuff, wait_listening)
 
 CURL = "/usr/bin/curl"
@@ -355,13 +354,7 @@ def mpop_fetch(port, outdir, tls, certs, user="bob", password="bobpass"):
         cmd += ["--tls=on", "--tls-starttls=" + ("on" if tls == "starttls" else "off"),
                 "--tls-trust-file=" + certs.ca_pem, "--tls-host-override=pop.test"]
     r = subprocess.run(cmd, capture_output=True, timeout=120, env=dict(os.environ, HOME=outdir))
-    files = sorted(glob.glob(os.path.join(md, "new", "*")),
-                   key=lambda f: int(f.rsplit("Q", 1)[1].split(".")[0]))
-    msgs = []
-    for f in files:
-        with open(f, "rb") as fh:
-            msgs.append(fh.read())
-    return r, msgs
+    return r, maildir_new(md)
 
 
 @pytest.mark.parametrize("mode", ["implicit", "starttls"])
