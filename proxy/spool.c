@@ -69,8 +69,10 @@ int px_spool_append(struct px_spool *sp, const struct px_conf *c, const char *p,
     /* Never more than memory_per_message, which len + n fits in here. */
     if (!sp->mem_only && want > c->memory_per_message)
       want = (size_t)c->memory_per_message;
-    if (!sp->mem_only && px_spool_ram() + (want - sp->cap) > c->memory_budget) {
-      rc = spill(sp, c);
+    if (px_spool_ram() + (want - sp->cap) > c->memory_budget) {
+      /* Over the budget: to disk, or, where no file can be made, not at
+       * all. A full disk never becomes an out-of-memory event. */
+      rc = sp->mem_only ? -ENOSPC : spill(sp, c);
       if (rc < 0)
         return sp->err = rc;
     } else {

@@ -18,7 +18,7 @@ struct px_spool {
   uint64_t size; /* bytes held, in memory or in the file */
   int err;       /* a failed write (negative errno); nothing more is kept */
   int mem_only;  /* never spill (the file could not be made): memory up to
-                    what the caller allows */
+                    what the caller allows, within memory_budget */
 };
 
 void px_spool_init(struct px_spool *sp);

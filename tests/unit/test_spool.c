@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -168,6 +169,31 @@ static void test_unwritable_dir_fails_then_mem_only(void **state)
   px_spool_free(&sp);
 }
 
+/* Memory-only (no spool file could be made) still counts against
+ * memory_budget: past it the message is refused (-ENOSPC), never held. */
+static void test_mem_only_within_budget(void **state)
+{
+  struct px_conf c = conf_with(4096, 256 * 1024);
+  struct px_spool sp;
+  char big[65536];
+  uint64_t before = px_spool_ram();
+  int rc = 0;
+
+  (void)state;
+  memset(big, 'y', sizeof big);
+  c.spool_dir = "/nonexistent/popgate-spool";
+  px_spool_init(&sp);
+  sp.mem_only = 1;
+  for (int i = 0; i < 64 && rc == 0; i++)
+    rc = px_spool_append(&sp, &c, big, sizeof big);
+  assert_int_equal(rc, -ENOSPC);
+  assert_int_equal(sp.err, -ENOSPC);
+  assert_true(px_spool_ram() - before <= c.memory_budget);
+  assert_true(sp.size <= c.memory_budget);
+  px_spool_free(&sp);
+  assert_int_equal(px_spool_ram(), before);
+}
+
 static void test_empty_and_reads_past_end(void **state)
 {
   struct px_conf c = conf_with(1 << 20, 256 << 20);
@@ -193,6 +219,7 @@ int main(void)
     cmocka_unit_test(test_memory_never_above_per_message),
     cmocka_unit_test(test_budget_spills_sooner),
     cmocka_unit_test(test_unwritable_dir_fails_then_mem_only),
+    cmocka_unit_test(test_mem_only_within_budget),
     cmocka_unit_test(test_empty_and_reads_past_end),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
