@@ -20,6 +20,11 @@
 #define PX_EUPSTREAM (-5007) /* no upstream server could be reached */
 #define PX_ELIMIT    (-5008) /* max_clients, max_clients_per_ip or max_errors */
 #define PX_ETLS      (-5009) /* the TLS layer failed (tls.c says why) */
+#define PX_EINPUT    (-5010) /* a peer sent more than its input buffer holds */
+
+/* The end of a stream, as libuv says it (UV_EOF), for modules that do not
+ * include uv.h (tls.c); conn.c checks that the two agree. */
+#define PX_EOF (-4095)
 
 const char *px_strerror(int err);
 

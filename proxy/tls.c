@@ -15,7 +15,6 @@
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
-#include <uv.h>
 
 #include "px.h"
 
@@ -133,7 +132,8 @@ static SSL_CTX *server_ctx(const struct px_conf *c,
   /* Compression is off by default in OpenSSL 3 (CRIME), client-initiated
    * renegotiation too; say both anyway. */
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+                               SSL_OP_CIPHER_SERVER_PREFERENCE |
+                               SSL_OP_CLEANSE_PLAINTEXT);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
@@ -188,7 +188,9 @@ static SSL_CTX *client_ctx(const struct px_conf *c,
     return NULL;
   }
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  /* Plaintext buffers are wiped once used: passwords cross both legs. */
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_CLEANSE_PLAINTEXT);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_protos(ctx, alpn_pop3, sizeof alpn_pop3);
   if (SSL_CTX_set_cipher_list(ctx, PX_DEFAULT_CIPHERS) != 1) {
@@ -240,7 +242,7 @@ int px_tls_ctxs_new(const struct px_conf *c, struct px_tls_ctxs **out,
   if (errlen > 0)
     err[0] = '\0';
   if (x == NULL)
-    return UV_ENOMEM;
+    return -ENOMEM;
   x->nlisteners = c->nlisteners;
   x->nupstreams = c->nupstreams;
   x->listeners =
@@ -249,7 +251,7 @@ int px_tls_ctxs_new(const struct px_conf *c, struct px_tls_ctxs **out,
       calloc(c->nupstreams ? c->nupstreams : 1, sizeof *x->upstreams);
   if (x->listeners == NULL || x->upstreams == NULL) {
     ctxs_free(x);
-    return UV_ENOMEM;
+    return -ENOMEM;
   }
   for (size_t i = 0; i < c->nlisteners; i++) {
     const struct px_conf_listener *cl = &c->listeners[i];
@@ -259,7 +261,7 @@ int px_tls_ctxs_new(const struct px_conf *c, struct px_tls_ctxs **out,
     l->ctx = calloc(cl->ncerts, sizeof *l->ctx);
     if (l->ctx == NULL) {
       ctxs_free(x);
-      return UV_ENOMEM;
+      return -ENOMEM;
     }
     for (size_t k = 0; k < cl->ncerts; k++) {
       l->ctx[k] = server_ctx(c, cl, &cl->certs[k], err, errlen);
@@ -435,7 +437,7 @@ int px_tls_feed(struct px_tls *t, const void *ct, size_t n)
     int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
     int w = BIO_write(t->rbio, ct, chunk);
     if (w <= 0)
-      return UV_ENOMEM;
+      return -ENOMEM;
     ct = (const char *)ct + w;
     n -= (size_t)w;
   }
@@ -491,7 +493,7 @@ ssize_t px_tls_read(struct px_tls *t, void *pt, size_t cap)
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
     return 0;
   if (e == SSL_ERROR_ZERO_RETURN)
-    return UV_EOF;
+    return PX_EOF;
   return fail(t);
 }
 

@@ -55,14 +55,14 @@ struct px_tls *px_tls_new_client(SSL_CTX *ctx, const char *name, int verify);
 
 void px_tls_free(struct px_tls **tp);
 
-/* Ciphertext from the network. Returns 0 or UV_ENOMEM. */
+/* Ciphertext from the network. Returns 0 or -ENOMEM. */
 int px_tls_feed(struct px_tls *t, const void *ct, size_t n);
 
 /* Advances the handshake. Returns 1 when it is complete, 0 when it needs
  * more bytes from the peer, PX_ETLS on failure (px_tls_error says why). */
 int px_tls_handshake(struct px_tls *t);
 
-/* Plaintext received: > 0 bytes, 0 when more ciphertext is needed, UV_EOF
+/* Plaintext received: > 0 bytes, 0 when more ciphertext is needed, PX_EOF
  * after the peer's close_notify, PX_ETLS on failure. Call until it returns
  * 0 or less. */
 ssize_t px_tls_read(struct px_tls *t, void *pt, size_t cap);
