@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,11 @@
 
 const char *const flt_verdict_names[] = { "pass", "replace", "reject",
                                           "tempfail" };
+const char *const flt_did_names[] = { "clean",   "modified", "replace",
+                                      "tag",     "reject",   "unscanned",
+                                      "tempfail" };
+_Static_assert(sizeof flt_did_names / sizeof *flt_did_names == FLT_DID_COUNT,
+               "flt_did_names out of sync");
 _Static_assert(sizeof flt_verdict_names / sizeof *flt_verdict_names ==
                    FLT_COUNT,
                "flt_verdict_names out of sync");
@@ -38,7 +44,7 @@ struct flt_set {
   size_t n;
   const struct flt_ops **ops; /* per [filter:NAME], in conf order */
   void **state;
-  const struct px_conf *conf; /* not owned: the generation owns the set */
+  struct px_conf *conf; /* referenced: jobs point into its filters */
 };
 
 static const struct flt_ops *ops_of(enum px_filter_type t)
@@ -65,7 +71,48 @@ static void set_free(struct flt_set *s)
       s->ops[i]->deinit(s->state[i]);
   free(s->ops);
   free(s->state);
+  px_conf_unref(&s->conf);
   free(s);
+}
+
+/* Sets being freed by their own threads (set_free_async). */
+static int g_freeing;
+
+static void *set_free_thread(void *arg)
+{
+  set_free(arg);
+  __atomic_sub_fetch(&g_freeing, 1, __ATOMIC_ACQ_REL);
+  return NULL;
+}
+
+void flt_set_wait_freed(void)
+{
+  while (__atomic_load_n(&g_freeing, __ATOMIC_ACQUIRE) > 0)
+    usleep(1000);
+}
+
+/* The last reference may go on an event loop (the last session of an old
+ * generation), and freeing a ClamAV engine takes long: a thread of its own
+ * does it, so no loop stalls. */
+static void set_free_async(struct flt_set *s)
+{
+  pthread_attr_t attr;
+  pthread_t t;
+  int heavy = 0;
+
+  for (size_t i = 0; i < s->n; i++)
+    heavy |= s->state[i] != NULL;
+  if (heavy && pthread_attr_init(&attr) == 0) {
+    int rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    __atomic_add_fetch(&g_freeing, 1, __ATOMIC_ACQ_REL);
+    if (rc == 0)
+      rc = pthread_create(&t, &attr, set_free_thread, s);
+    pthread_attr_destroy(&attr);
+    if (rc == 0)
+      return;
+    __atomic_sub_fetch(&g_freeing, 1, __ATOMIC_ACQ_REL);
+  }
+  set_free(s);
 }
 
 int flt_set_new(const struct px_conf *c, struct flt_set **out, char *err,
@@ -79,7 +126,8 @@ int flt_set_new(const struct px_conf *c, struct flt_set **out, char *err,
   if (s == NULL)
     return -ENOMEM;
   s->refs = 1;
-  s->conf = c;
+  s->conf = (struct px_conf *)c;
+  px_conf_ref(s->conf);
   s->n = c->nfilters;
   s->ops = calloc(s->n ? s->n : 1, sizeof *s->ops);
   s->state = calloc(s->n ? s->n : 1, sizeof *s->state);
@@ -119,7 +167,7 @@ void flt_set_unref(struct flt_set **sp)
 
   *sp = NULL;
   if (s != NULL && __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0)
-    set_free(s);
+    set_free_async(s);
 }
 
 void flt_outcome_free(struct flt_outcome *o)
@@ -395,6 +443,17 @@ static void set_reason(struct flt_outcome *o, const char *fmt, ...)
   va_end(ap);
 }
 
+/* on_error = pass: the message goes out marked as not examined, and why.
+ * Returns 0, or -ENOMEM (then it cannot go out at all). */
+static int tag_unscanned(struct flt_outcome *o, const char *why)
+{
+  if (appendf(&o->hdrs, &o->hdrslen, "X-Virus-Status: unscanned; %s\r\n",
+              why) < 0)
+    return -ENOMEM;
+  set_reason(o, "unscanned; %s", why);
+  return 0;
+}
+
 /* Applies filter cf's finding r to the outcome. Returns what the filter
  * did; *stop says whether the chain ends here. cur is what the next
  * filter will see. */
@@ -488,12 +547,8 @@ static enum flt_did apply(const struct px_conf_filter *cf, struct flt_result *r,
   }
   if (r->error[0] != '\0') {
     snprintf(o->filter, sizeof o->filter, "%s", cf->name);
-    if (cf->on_error == PX_ONE_PASS &&
-        appendf(&o->hdrs, &o->hdrslen, "X-Virus-Status: unscanned; %s\r\n",
-                r->error) == 0) {
-      set_reason(o, "unscanned; %s", r->error);
+    if (cf->on_error == PX_ONE_PASS && tag_unscanned(o, r->error) == 0)
       return FLT_DID_UNSCANNED;
-    }
     o->v = FLT_TEMPFAIL;
     set_reason(o, "%s", r->error);
     *stop = 1;
@@ -502,16 +557,16 @@ static enum flt_did apply(const struct px_conf_filter *cf, struct flt_result *r,
   return modified ? FLT_DID_MODIFIED : FLT_DID_CLEAN;
 }
 
-void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
-                   const struct flt_msg *orig, uint64_t sid,
+void flt_chain_run(struct flt_set *set, const struct px_conf_filter *const *filters,
+                   size_t n, const struct flt_msg *orig, uint64_t sid,
                    struct flt_outcome *o)
 {
   struct flt_msg cur = *orig; /* what the next filter sees */
 
   memset(o, 0, sizeof *o);
   o->v = FLT_PASS;
-  for (size_t i = 0; i < cl->nfilters; i++) {
-    const struct px_conf_filter *cf = cl->filters[i];
+  for (size_t i = 0; i < n; i++) {
+    const struct px_conf_filter *cf = filters[i];
     size_t idx = (size_t)(cf - set->conf->filters);
     struct flt_result r;
     enum flt_did did;
@@ -536,4 +591,155 @@ void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
     if (stop)
       return;
   }
+}
+
+int flt_chain_all_pass(const struct px_conf_filter *const *filters, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (filters[i]->on_error != PX_ONE_PASS)
+      return 0;
+  return 1;
+}
+
+void flt_chain_unscanned(const struct px_conf_filter *const *filters, size_t n,
+                         const char *why, struct flt_outcome *o)
+{
+  enum flt_did did = FLT_DID_UNSCANNED;
+
+  memset(o, 0, sizeof *o);
+  o->v = FLT_PASS;
+  if (!flt_chain_all_pass(filters, n) || tag_unscanned(o, why) < 0) {
+    flt_outcome_free(o);
+    o->v = FLT_TEMPFAIL;
+    set_reason(o, "%s", why);
+    did = FLT_DID_TEMPFAIL;
+  }
+  /* The chain never saw it: every filter of the list counts it. */
+  for (size_t i = 0; i < n && i < FLT_CHAIN_MAX; i++)
+    o->did[i] = (unsigned char)did;
+  o->ndid = n < FLT_CHAIN_MAX ? n : FLT_CHAIN_MAX;
+}
+
+enum flt_did flt_outcome_did(const struct flt_outcome *o)
+{
+  switch (o->v) {
+  case FLT_REJECT:
+    return FLT_DID_REJECT;
+  case FLT_TEMPFAIL:
+    return FLT_DID_TEMPFAIL;
+  case FLT_REPLACE:
+    return o->virus[0] ? FLT_DID_REPLACE : FLT_DID_MODIFIED;
+  case FLT_PASS:
+  case FLT_COUNT:
+    break;
+  }
+  if (o->virus[0])
+    return FLT_DID_TAG;
+  if (strncmp(o->reason, "unscanned", 9) == 0)
+    return FLT_DID_UNSCANNED;
+  return o->hdrs != NULL ? FLT_DID_MODIFIED : FLT_DID_CLEAN;
+}
+
+/* ---- jobs --------------------------------------------------------------- */
+
+void flt_sched_init(struct flt_sched *q, uv_loop_t *loop, unsigned quota)
+{
+  q->loop = loop;
+  q->head = q->tail = NULL;
+  q->running = 0;
+  q->quota = quota > 0 ? quota : 1;
+}
+
+static void job_work_cb(uv_work_t *req)
+{
+  struct flt_job *j = req->data;
+  uint64_t t0 = uv_hrtime();
+
+  flt_chain_run(j->set, j->filters, j->nfilters, &j->msg, j->sid, &j->out);
+  j->seconds = (double)(uv_hrtime() - t0) / 1e9;
+}
+
+static void sched_next(struct flt_sched *q);
+
+static void job_finish(struct flt_job *j)
+{
+  flt_set_unref(&j->set);
+  j->running = 0;
+  j->q = NULL; /* over: nothing to cancel */
+  j->done(j);
+}
+
+static void job_after_cb(uv_work_t *req, int status)
+{
+  struct flt_job *j = req->data;
+  struct flt_sched *q = j->q;
+
+  q->running--;
+  if (status < 0) {
+    flt_outcome_free(&j->out);
+    memset(&j->out, 0, sizeof j->out);
+    j->out.v = FLT_TEMPFAIL;
+    set_reason(&j->out, "the scan was cancelled");
+  }
+  job_finish(j);
+  sched_next(q);
+}
+
+static void sched_next(struct flt_sched *q)
+{
+  while (q->head != NULL && q->running < q->quota) {
+    struct flt_job *j = q->head;
+    int rc;
+    q->head = j->next;
+    if (q->head == NULL)
+      q->tail = NULL;
+    j->next = NULL;
+    j->running = 1;
+    j->req.data = j;
+    q->running++;
+    rc = uv_queue_work(q->loop, &j->req, job_work_cb, job_after_cb);
+    if (rc < 0) {
+      q->running--;
+      memset(&j->out, 0, sizeof j->out);
+      j->out.v = FLT_TEMPFAIL;
+      set_reason(&j->out, "cannot queue the scan: %s", uv_strerror(rc));
+      job_finish(j);
+    }
+  }
+}
+
+void flt_chain_submit(struct flt_sched *q, struct flt_job *job,
+                      flt_done_cb done)
+{
+  flt_set_ref(job->set);
+  job->q = q;
+  job->done = done;
+  job->next = NULL;
+  job->running = 0;
+  if (q->tail != NULL)
+    q->tail->next = job;
+  else
+    q->head = job;
+  q->tail = job;
+  sched_next(q);
+}
+
+int flt_chain_cancel(struct flt_job *job)
+{
+  struct flt_sched *q = job->q;
+  struct flt_job **pp, *prev = NULL;
+
+  if (q == NULL || job->running)
+    return 0;
+  for (pp = &q->head; *pp != NULL; prev = *pp, pp = &(*pp)->next)
+    if (*pp == job) {
+      *pp = job->next;
+      if (q->tail == job)
+        q->tail = prev;
+      job->next = NULL;
+      job->q = NULL;
+      flt_set_unref(&job->set);
+      return 1;
+    }
+  return 0;
 }

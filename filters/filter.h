@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "conf.h"
 
 enum flt_verdict {
@@ -75,21 +77,26 @@ struct flt_set;
 int flt_set_new(const struct px_conf *c, struct flt_set **out, char *err,
                 size_t errlen);
 void flt_set_ref(struct flt_set *s);
-/* Drops a reference (any thread); the last one frees the set. */
+/* Drops a reference (any thread); the last one frees the set, in a
+ * thread of its own when it holds engines (never stalling a loop). */
 void flt_set_unref(struct flt_set **sp);
+/* Waits until the sets being freed that way are gone (at exit). */
+void flt_set_wait_freed(void);
 
-/* What each filter did with a message, in the order of px_fverdict
- * (worker.h): metrics count them per filter. */
+/* What a filter did with a message, and what became of the message as a
+ * whole: the one list the metrics (messages_filtered_total{verdict}) and
+ * the verdict log lines use. */
 enum flt_did {
-  FLT_DID_CLEAN = 0,
-  FLT_DID_MODIFIED,
-  FLT_DID_REPLACE,
-  FLT_DID_TAG,
-  FLT_DID_REJECT,
-  FLT_DID_UNSCANNED,
-  FLT_DID_TEMPFAIL,
+  FLT_DID_CLEAN = 0, /* delivered as it was */
+  FLT_DID_MODIFIED,  /* headers added or replaced by a filter (not a virus) */
+  FLT_DID_REPLACE,   /* infected, replaced by a notice */
+  FLT_DID_TAG,       /* infected, delivered tagged */
+  FLT_DID_REJECT,    /* infected, refused */
+  FLT_DID_UNSCANNED, /* not examined, delivered tagged (on_error = pass) */
+  FLT_DID_TEMPFAIL,  /* not examined, refused for now (on_error = tempfail) */
   FLT_DID_COUNT
 };
+extern const char *const flt_did_names[];
 
 #define FLT_CHAIN_MAX 16 /* filters of a chain that get their own record */
 
@@ -108,13 +115,76 @@ struct flt_outcome {
   size_t ndid;
 };
 
-/* Runs the listener's filters (cl->filters, in order) over m. A pool
- * thread; reads only set, cl, m; sid names the quarantine copy. Filters
- * stop at the first REJECT or TEMPFAIL; a REPLACE feeds the replacement to
- * the filters after it; header lines accumulate. */
-void flt_chain_run(struct flt_set *set, const struct px_conf_listener *cl,
-                   const struct flt_msg *m, uint64_t sid,
+/* Runs filters[0..n) in order over m. A pool thread; reads only set, the
+ * filters and m; sid names the quarantine copy. Filters stop at the first
+ * REJECT or TEMPFAIL; a REPLACE feeds the replacement to the filters after
+ * it; header lines accumulate. */
+void flt_chain_run(struct flt_set *set, const struct px_conf_filter *const *filters,
+                   size_t n, const struct flt_msg *m, uint64_t sid,
                    struct flt_outcome *out);
+
+/* The outcome for a message the chain cannot look at (too big, nowhere to
+ * keep it): with on_error = pass on every filter it is delivered with
+ * "X-Virus-Status: unscanned; why", else it is TEMPFAIL. The one place
+ * where on_error = pass tags a message. */
+void flt_chain_unscanned(const struct px_conf_filter *const *filters, size_t n,
+                         const char *why, struct flt_outcome *out);
+
+/* Whether every filter of the list has on_error = pass. */
+int flt_chain_all_pass(const struct px_conf_filter *const *filters, size_t n);
+
+/* What became of the message as a whole. */
+enum flt_did flt_outcome_did(const struct flt_outcome *o);
+
+/* ---- jobs: the chain in libuv's pool -------------------------------------
+ *
+ * The session hands a held message over as a job that carries copies of
+ * everything the chain needs (the message's fd or memory, the filter list
+ * with a reference on its set, the session id): no pool thread ever reads
+ * the session. done() runs on the loop thread with the outcome. */
+
+struct flt_job;
+typedef void (*flt_done_cb)(struct flt_job *job);
+
+/* A loop's scan queue: at most quota jobs of this loop in the pool at once
+ * (its share of scan_threads), the rest wait in order. Blocking filters
+ * then never take every pool thread: file and DNS work still finds one. */
+struct flt_sched {
+  uv_loop_t *loop;
+  struct flt_job *head, *tail;
+  unsigned running, quota;
+};
+
+struct flt_job {
+  /* In, set by the submitter. */
+  struct flt_set *set; /* referenced by the job until done() */
+  const struct px_conf_filter *const *filters;
+  size_t nfilters;
+  struct flt_msg msg;
+  uint64_t sid;
+  void *arg; /* the submitter's */
+  /* Out, for done(). */
+  struct flt_outcome out;
+  double seconds; /* the chain's own run time */
+  /* The scheduler's. */
+  struct flt_sched *q; /* while queued or running; NULL once done */
+  struct flt_job *next;
+  flt_done_cb done;
+  uv_work_t req;
+  int running;
+};
+
+void flt_sched_init(struct flt_sched *q, uv_loop_t *loop, unsigned quota);
+
+/* Queues job: done(job) follows on q's loop thread, once (with a TEMPFAIL
+ * outcome if the pool refused the job). Takes a reference on job->set. */
+void flt_chain_submit(struct flt_sched *q, struct flt_job *job,
+                      flt_done_cb done);
+
+/* Takes a job that is still waiting out of its queue: returns 1, and
+ * done() will not be called. Returns 0 for a job already in the pool:
+ * done() will come, and the submitter must wait for it. */
+int flt_chain_cancel(struct flt_job *job);
 
 void flt_outcome_free(struct flt_outcome *o);
 

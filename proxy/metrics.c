@@ -88,7 +88,20 @@ static void counter(struct out *o, const char *name, const char *help,
       type);
 }
 
-void px_fstat_add(struct px_counters *c, const char *name, enum px_fverdict v)
+const double px_fsec_bounds[PX_FSEC_BUCKETS] = { 0.01, 0.05, 0.1, 0.25, 0.5,
+                                                 1,    2.5,  5,   10,   30 };
+
+void px_fsec_add(struct px_counters *c, double seconds)
+{
+  size_t b = 0;
+
+  while (b < PX_FSEC_BUCKETS && seconds > px_fsec_bounds[b])
+    b++;
+  PX_CTR_ADD(c->filter_seconds[b], 1);
+  PX_CTR_ADD(c->filter_seconds_sum_us, (uint64_t)(seconds * 1e6));
+}
+
+void px_fstat_add(struct px_counters *c, const char *name, enum flt_did v)
 {
   int j;
 
@@ -180,13 +193,13 @@ static size_t render(const struct px_metrics *m, char *buf, size_t cap)
       const struct px_fstat *f = &c->filtered[j];
       if (!__atomic_load_n(&f->used, __ATOMIC_ACQUIRE))
         break;
-      for (int i = 0; i < PX_FV_COUNT; i++) {
+      for (int i = 0; i < FLT_DID_COUNT; i++) {
         uint64_t n = PX_CTR_GET(f->v[i]);
         if (n > 0)
           put(&o,
               "popgate_messages_filtered_total{filter=\"%s\",verdict=\"%s\"}"
               " %" PRIu64 "\n",
-              f->name, px_fverdict_names[i], n);
+              f->name, flt_did_names[i], n);
       }
     }
   }
