@@ -14,10 +14,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "listener.h"
 #include "log.h"
 #include "px.h"
 #include "session.h"
-#include "worker.h"
 
 #define PX_BACKLOG       511
 #define PX_IPTAB_BUCKETS 1024
@@ -134,7 +134,7 @@ static int bind_one(const struct addrinfo *ai, int reuseport)
 
 int px_listener_bind_all(struct px_runtime *rt, char *err, size_t errlen)
 {
-  const struct px_conf *c = rt->conf;
+  const struct px_conf *c = rt->gen->conf;
 
   for (size_t i = 0; i < c->nlisteners; i++) {
     const struct px_conf_listener *cl = &c->listeners[i];
@@ -181,7 +181,7 @@ int px_listener_bind_all(struct px_runtime *rt, char *err, size_t errlen)
 
 void px_listener_close_fds(struct px_runtime *rt)
 {
-  for (size_t i = 0; i < rt->conf->nlisteners; i++)
+  for (size_t i = 0; i < rt->gen->conf->nlisteners; i++)
     for (unsigned k = 0; k < rt->nworkers; k++)
       if (rt->lrt[i].fds[k] >= 0) {
         close(rt->lrt[i].fds[k]);
@@ -210,7 +210,7 @@ int px_listener_start(struct px_worker *w)
 {
   struct px_runtime *rt = w->rt;
 
-  for (size_t i = 0; i < rt->conf->nlisteners; i++) {
+  for (size_t i = 0; i < rt->gen->conf->nlisteners; i++) {
     uv_tcp_t *t = &w->lsn[i];
     int rc = uv_tcp_init(&w->loop, t);
     if (rc < 0)

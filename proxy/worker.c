@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "buf.h"
+#include "listener.h"
 #include "log.h"
 #include "session.h"
 #include "worker.h"
@@ -41,7 +42,7 @@ static void stop_timer_cb(uv_timer_t *t)
 static void wake_cb(uv_async_t *a)
 {
   struct px_worker *w = a->data;
-  struct px_conf *c;
+  struct px_gen *g;
 
   if (w->stopping && __atomic_load_n(&w->abort_requested, __ATOMIC_ACQUIRE)) {
     if (!w->ended)
@@ -56,9 +57,10 @@ static void wake_cb(uv_async_t *a)
     end_worker(w);
     return;
   }
-  c = px_runtime_conf(w->rt);
-  uv_timer_start(&w->stop_timer, stop_timer_cb, c->shutdown_timeout_ms, 0);
-  px_conf_unref(&c);
+  g = px_runtime_gen(w->rt);
+  uv_timer_start(&w->stop_timer, stop_timer_cb, g->conf->shutdown_timeout_ms,
+                 0);
+  px_gen_unref(&g);
 }
 
 static void worker_main(void *arg)
@@ -83,7 +85,8 @@ int px_worker_start(struct px_worker *w)
   if (rc < 0)
     return rc;
   w->loop.data = w;
-  w->lsn = calloc(w->rt->conf->nlisteners, sizeof *w->lsn);
+  flt_sched_init(&w->scans, &w->loop, w->scan_quota);
+  w->lsn = calloc(w->rt->gen->conf->nlisteners, sizeof *w->lsn);
   if (w->lsn == NULL)
     return UV_ENOMEM;
   uv_async_init(&w->loop, &w->wake, wake_cb);
