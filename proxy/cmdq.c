@@ -28,6 +28,8 @@ struct px_cmdq_ent *px_cmdq_push(struct px_cmdq *q, enum px_cq_kind kind,
   e->close_after = 0;
   e->start_tls = 0;
   e->sent = 0;
+  e->framed = 0;
+  e->begun = 0;
   e->len = len;
   if (len > 0)
     memcpy(e->line, line, len);

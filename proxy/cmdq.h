@@ -29,6 +29,8 @@ struct px_cmdq_ent {
   int close_after;     /* PX_CQ_LOCAL: close the session after the reply */
   int start_tls; /* PX_CQ_LOCAL: TLS starts right after the reply */
   int sent;            /* RELAY: written upstream; GREETING: connected */
+  int framed;          /* the framer is on this entry's answer */
+  int begun;           /* part of the answer went to the client */
   size_t len;
   char line[]; /* len bytes, CRLF included; not NUL-terminated */
 };

@@ -50,6 +50,8 @@ const char *px_strerror(int err)
     return "limit reached";
   case PX_ETLS:
     return "TLS failure";
+  case PX_EINPUT:
+    return "too much input";
   default:
     return uv_strerror(err);
   }
@@ -195,5 +197,35 @@ char *px_log_sanitize(const char *in, size_t n, size_t max, char *out,
     o += 3;
   }
   out[o] = '\0';
+  return out;
+}
+
+char *px_log_quote(const char *in, size_t n, size_t max, char *out,
+                   size_t cap)
+{
+  static const char hex[] = "0123456789abcdef";
+  size_t o = 0, lim = n < max ? n : max;
+
+  for (size_t i = 0; i < lim; i++) {
+    unsigned char c = (unsigned char)in[i];
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"' && c != '=') {
+      if (o + 1 >= cap)
+        break;
+      out[o++] = (char)c;
+    } else {
+      if (o + 4 >= cap)
+        break;
+      out[o++] = '\\';
+      out[o++] = 'x';
+      out[o++] = hex[c >> 4];
+      out[o++] = hex[c & 15];
+    }
+  }
+  if (n > lim && o + 3 < cap) {
+    memcpy(out + o, "...", 3);
+    o += 3;
+  }
+  if (cap > 0)
+    out[o] = '\0';
   return out;
 }

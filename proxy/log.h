@@ -32,4 +32,10 @@ void px_log(enum px_log_level lvl, const char *fmt, ...)
 char *px_log_sanitize(const char *in, size_t n, size_t max, char *out,
                       size_t cap);
 
+/* The same for a value written inside double quotes (err="...",
+ * reason="..."): spaces stay, while '"', '\\', '=' and bytes outside
+ * 0x20-0x7E become \xNN, so the value cannot end early or fake a key. */
+char *px_log_quote(const char *in, size_t n, size_t max, char *out,
+                   size_t cap);
+
 #endif
