@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <uv.h>
 
 /* Blocks freed on a thread are kept for reuse by that thread, up to this
@@ -27,6 +28,12 @@ static struct px_blk *blk_alloc(void)
 
 static void blk_free(struct px_blk *k)
 {
+  /* Before the cache too: the next owner of a cached block may be the
+   * client leg, and a cached block outlives the session. */
+  if (k->wipe) {
+    OPENSSL_cleanse(k->data, k->len);
+    k->wipe = 0;
+  }
   if (blk_cached < PX_BLK_CACHE) {
     k->next = blk_cache;
     blk_cache = k;
@@ -46,10 +53,25 @@ void px_blk_cache_drain(void)
   blk_cached = 0;
 }
 
-void px_buf_init(struct px_buf *b)
+/* Empties b's bookkeeping; its mark stays. */
+static void reset(struct px_buf *b)
 {
   b->head = b->tail = NULL;
   b->len = 0;
+}
+
+void px_buf_init(struct px_buf *b)
+{
+  reset(b);
+  b->wipe = 0;
+}
+
+void px_buf_set_wipe(struct px_buf *b, int on)
+{
+  b->wipe = on != 0;
+  if (on)
+    for (struct px_blk *k = b->head; k != NULL; k = k->next)
+      k->wipe = 1;
 }
 
 static struct px_blk *add_block(struct px_buf *b)
@@ -60,6 +82,7 @@ static struct px_blk *add_block(struct px_buf *b)
     return NULL;
   k->next = NULL;
   k->off = k->len = 0;
+  k->wipe = b->wipe;
   if (b->tail != NULL)
     b->tail->next = k;
   else
@@ -136,17 +159,20 @@ void px_buf_move(struct px_buf *dst, struct px_buf *src)
 {
   if (src->head == NULL)
     return;
+  if (dst->wipe)
+    for (struct px_blk *k = src->head; k != NULL; k = k->next)
+      k->wipe = 1;
   if (dst->tail != NULL)
     dst->tail->next = src->head;
   else
     dst->head = src->head;
   dst->tail = src->tail;
   dst->len += src->len;
-  px_buf_init(src);
+  reset(src);
 }
 
 void px_buf_clear(struct px_buf *b)
 {
   px_blk_free_chain(b->head);
-  px_buf_init(b);
+  reset(b);
 }
