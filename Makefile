@@ -58,8 +58,17 @@ $(SAN_DIR)/obj/%.o: %.c $(wildcard proxy/*.h filters/*.h)
 $(SAN_DIR)/popgate: $(SRCS:%.c=$(SAN_DIR)/obj/%.o)
 	$(CC) $(SAN_FLAGS) $^ $(PKG_LIBS) -o $@
 
-$(SAN_DIR)/test_%: tests/unit/test_%.c tests/testutil.h $(CODEC:%.c=$(SAN_DIR)/obj/%.o)
-	$(CC) $(ALL_CFLAGS) -Itests -O1 $(SAN_FLAGS) $< $(CODEC:%.c=$(SAN_DIR)/obj/%.o) \
+# Unit tests: every allocation the test and the codecs make goes through
+# tests/unit/failalloc.c (see failalloc.h), so a test can make one fail.
+FAILALLOC := $(SAN_DIR)/obj/tests/unit/failalloc.o
+WRAP_ALLOC := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+
+$(FAILALLOC): tests/unit/failalloc.h
+
+$(SAN_DIR)/test_%: tests/unit/test_%.c tests/testutil.h tests/unit/failalloc.h \
+                   $(FAILALLOC) $(CODEC:%.c=$(SAN_DIR)/obj/%.o)
+	$(CC) $(ALL_CFLAGS) -Itests -O1 $(SAN_FLAGS) $< $(FAILALLOC) \
+	  $(CODEC:%.c=$(SAN_DIR)/obj/%.o) $(WRAP_ALLOC) \
 	  $(PKG_LIBS) $(shell pkg-config --cflags --libs cmocka) -o $@
 
 deps:
