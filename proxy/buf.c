@@ -113,17 +113,45 @@ void px_buf_commit(struct px_buf *b, size_t n)
 int px_buf_append(struct px_buf *b, const void *p, size_t n)
 {
   const char *s = p;
+  struct px_blk *k = b->tail, *first = NULL, *last = NULL;
+  size_t room = k != NULL ? PX_BLK_SIZE - k->len : 0;
 
-  while (n > 0) {
-    size_t avail, take;
-    char *dst = px_buf_reserve(b, 1, &avail);
-    if (dst == NULL)
+  /* Every block the bytes need is taken before any byte is queued: on
+   * failure b is as it was, not holding a prefix of p that a retry would
+   * send twice. */
+  for (size_t more = n > room ? n - room : 0; more > 0;) {
+    struct px_blk *nk = blk_alloc();
+    if (nk == NULL) {
+      px_blk_free_chain(first);
       return UV_ENOMEM;
-    take = n < avail ? n : avail;
-    memcpy(dst, s, take);
-    px_buf_commit(b, take);
+    }
+    nk->next = NULL;
+    nk->off = nk->len = 0;
+    nk->wipe = b->wipe;
+    if (last != NULL)
+      last->next = nk;
+    else
+      first = nk;
+    last = nk;
+    more -= more < PX_BLK_SIZE ? more : PX_BLK_SIZE;
+  }
+  if (first != NULL) {
+    if (b->tail != NULL)
+      b->tail->next = first;
+    else
+      b->head = first;
+    b->tail = last;
+  }
+  if (room == 0)
+    k = first;
+  b->len += n;
+  while (n > 0) {
+    size_t take = PX_BLK_SIZE - k->len < n ? PX_BLK_SIZE - k->len : n;
+    memcpy(k->data + k->len, s, take);
+    k->len += take;
     s += take;
     n -= take;
+    k = k->next;
   }
   return 0;
 }

@@ -48,12 +48,14 @@ void px_buf_init(struct px_buf *b);
  * px_buf_init(); px_buf_clear() and px_buf_move() keep it. */
 void px_buf_set_wipe(struct px_buf *b, int on);
 
-/* Copies p[0..n) to the tail. Returns 0 or UV_ENOMEM. */
+/* Copies p[0..n) to the tail. Returns 0, or UV_ENOMEM with b unchanged
+ * (no prefix of p queued). */
 int px_buf_append(struct px_buf *b, const void *p, size_t n);
 
 /* Returns room for at least min (<= PX_BLK_SIZE) bytes at the tail,
- * adding a block if needed, with the room's size in *avail; NULL when
- * memory is short. px_buf_commit() then says how much was written. */
+ * adding a block if needed, with the room's size in *avail; NULL, with b
+ * unchanged, when memory is short. px_buf_commit() then says how much was
+ * written. */
 char *px_buf_reserve(struct px_buf *b, size_t min, size_t *avail);
 void px_buf_commit(struct px_buf *b, size_t n);
 
