@@ -8,7 +8,9 @@
  *
  * Build: gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined
  *        -Iproxy -Itests proxy/dot.c proxy/pop3.c proxy/cmdq.c
- *        tests/unit/test_cmdq.c -lcmocka
+ *        tests/unit/failalloc.c tests/unit/test_cmdq.c
+ *        -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+ *        -lcmocka -lcrypto
  */
 #include <stdarg.h>
 #include <stddef.h>

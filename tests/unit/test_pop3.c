@@ -9,8 +9,10 @@
  * and writes beyond them; LSan catches a partial-line buffer that leaks.
  *
  * Build: gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined
- *        -Iproxy -Itests proxy/dot.c proxy/pop3.c tests/unit/test_pop3.c
- *        -lcmocka
+ *        -Iproxy -Itests proxy/dot.c proxy/pop3.c tests/unit/failalloc.c
+ *        tests/unit/test_pop3.c
+ *        -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+ *        $(pkg-config --cflags --libs cmocka libuv)
  */
 #include <stdarg.h>
 #include <stddef.h>
