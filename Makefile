@@ -29,6 +29,7 @@ ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Iproxy -Ifilters \
 SRCS  := $(wildcard proxy/*.c) $(wildcard filters/*.c)
 # Modules with no I/O: unit tests and fuzz targets link these.
 CODEC := proxy/dot.c proxy/pop3.c proxy/cmdq.c proxy/conf.c proxy/tls.c proxy/spool.c \
+         proxy/log.c proxy/buf.c \
          $(wildcard filters/*.c)
 UNIT  := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 FUZZ  := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
@@ -57,8 +58,17 @@ $(SAN_DIR)/obj/%.o: %.c $(wildcard proxy/*.h filters/*.h)
 $(SAN_DIR)/popgate: $(SRCS:%.c=$(SAN_DIR)/obj/%.o)
 	$(CC) $(SAN_FLAGS) $^ $(PKG_LIBS) -o $@
 
-$(SAN_DIR)/test_%: tests/unit/test_%.c tests/testutil.h $(CODEC:%.c=$(SAN_DIR)/obj/%.o)
-	$(CC) $(ALL_CFLAGS) -Itests -O1 $(SAN_FLAGS) $< $(CODEC:%.c=$(SAN_DIR)/obj/%.o) \
+# Unit tests: every allocation the test and the codecs make goes through
+# tests/unit/failalloc.c (see failalloc.h), so a test can make one fail.
+FAILALLOC := $(SAN_DIR)/obj/tests/unit/failalloc.o
+WRAP_ALLOC := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+
+$(FAILALLOC): tests/unit/failalloc.h
+
+$(SAN_DIR)/test_%: tests/unit/test_%.c tests/testutil.h tests/unit/failalloc.h \
+                   $(FAILALLOC) $(CODEC:%.c=$(SAN_DIR)/obj/%.o)
+	$(CC) $(ALL_CFLAGS) -Itests -O1 $(SAN_FLAGS) $< $(FAILALLOC) \
+	  $(CODEC:%.c=$(SAN_DIR)/obj/%.o) $(WRAP_ALLOC) \
 	  $(PKG_LIBS) $(shell pkg-config --cflags --libs cmocka) -o $@
 
 deps:

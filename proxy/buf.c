@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <uv.h>
 
 /* Blocks freed on a thread are kept for reuse by that thread, up to this
@@ -27,6 +28,12 @@ static struct px_blk *blk_alloc(void)
 
 static void blk_free(struct px_blk *k)
 {
+  /* Before the cache too: the next owner of a cached block may be the
+   * client leg, and a cached block outlives the session. */
+  if (k->wipe) {
+    OPENSSL_cleanse(k->data, k->len);
+    k->wipe = 0;
+  }
   if (blk_cached < PX_BLK_CACHE) {
     k->next = blk_cache;
     blk_cache = k;
@@ -46,10 +53,25 @@ void px_blk_cache_drain(void)
   blk_cached = 0;
 }
 
-void px_buf_init(struct px_buf *b)
+/* Empties b's bookkeeping; its mark stays. */
+static void reset(struct px_buf *b)
 {
   b->head = b->tail = NULL;
   b->len = 0;
+}
+
+void px_buf_init(struct px_buf *b)
+{
+  reset(b);
+  b->wipe = 0;
+}
+
+void px_buf_set_wipe(struct px_buf *b, int on)
+{
+  b->wipe = on != 0;
+  if (on)
+    for (struct px_blk *k = b->head; k != NULL; k = k->next)
+      k->wipe = 1;
 }
 
 static struct px_blk *add_block(struct px_buf *b)
@@ -60,6 +82,7 @@ static struct px_blk *add_block(struct px_buf *b)
     return NULL;
   k->next = NULL;
   k->off = k->len = 0;
+  k->wipe = b->wipe;
   if (b->tail != NULL)
     b->tail->next = k;
   else
@@ -90,17 +113,45 @@ void px_buf_commit(struct px_buf *b, size_t n)
 int px_buf_append(struct px_buf *b, const void *p, size_t n)
 {
   const char *s = p;
+  struct px_blk *k = b->tail, *first = NULL, *last = NULL;
+  size_t room = k != NULL ? PX_BLK_SIZE - k->len : 0;
 
-  while (n > 0) {
-    size_t avail, take;
-    char *dst = px_buf_reserve(b, 1, &avail);
-    if (dst == NULL)
+  /* Every block the bytes need is taken before any byte is queued: on
+   * failure b is as it was, not holding a prefix of p that a retry would
+   * send twice. */
+  for (size_t more = n > room ? n - room : 0; more > 0;) {
+    struct px_blk *nk = blk_alloc();
+    if (nk == NULL) {
+      px_blk_free_chain(first);
       return UV_ENOMEM;
-    take = n < avail ? n : avail;
-    memcpy(dst, s, take);
-    px_buf_commit(b, take);
+    }
+    nk->next = NULL;
+    nk->off = nk->len = 0;
+    nk->wipe = b->wipe;
+    if (last != NULL)
+      last->next = nk;
+    else
+      first = nk;
+    last = nk;
+    more -= more < PX_BLK_SIZE ? more : PX_BLK_SIZE;
+  }
+  if (first != NULL) {
+    if (b->tail != NULL)
+      b->tail->next = first;
+    else
+      b->head = first;
+    b->tail = last;
+  }
+  if (room == 0)
+    k = first;
+  b->len += n;
+  while (n > 0) {
+    size_t take = PX_BLK_SIZE - k->len < n ? PX_BLK_SIZE - k->len : n;
+    memcpy(k->data + k->len, s, take);
+    k->len += take;
     s += take;
     n -= take;
+    k = k->next;
   }
   return 0;
 }
@@ -136,17 +187,20 @@ void px_buf_move(struct px_buf *dst, struct px_buf *src)
 {
   if (src->head == NULL)
     return;
+  if (dst->wipe)
+    for (struct px_blk *k = src->head; k != NULL; k = k->next)
+      k->wipe = 1;
   if (dst->tail != NULL)
     dst->tail->next = src->head;
   else
     dst->head = src->head;
   dst->tail = src->tail;
   dst->len += src->len;
-  px_buf_init(src);
+  reset(src);
 }
 
 void px_buf_clear(struct px_buf *b)
 {
   px_blk_free_chain(b->head);
-  px_buf_init(b);
+  reset(b);
 }

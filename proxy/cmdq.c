@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 void px_cmdq_init(struct px_cmdq *q, unsigned max)
 {
   q->head = q->tail = NULL;
@@ -50,6 +52,10 @@ void px_cmdq_pop(struct px_cmdq *q)
   if (q->head == NULL)
     q->tail = NULL;
   q->n--;
+  /* The line may be a PASS or an AUTH exchange: not left behind in freed
+   * memory for a later allocation, or a core dump, to show. Lines are
+   * short, so every entry is wiped rather than deciding which matter. */
+  OPENSSL_cleanse(e->line, e->len);
   free(e);
 }
 

@@ -58,10 +58,11 @@ static inline int px_cmdq_full(const struct px_cmdq *q)
   return q->n >= q->max;
 }
 
-/* Removes and frees the head. The queue must not be empty. */
+/* Removes and frees the head, wiping its line first (it may hold a
+ * password). The queue must not be empty. */
 void px_cmdq_pop(struct px_cmdq *q);
 
-/* Frees every entry. */
+/* Frees every entry, wiping each line as px_cmdq_pop does. */
 void px_cmdq_clear(struct px_cmdq *q);
 
 #endif

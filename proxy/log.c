@@ -171,28 +171,49 @@ void px_log(enum px_log_level lvl, const char *fmt, ...)
   pthread_mutex_unlock(&g_log.mu);
 }
 
+/* Bytes that go out as they are. A quote would end a quoted value early,
+ * a backslash would start an escape that is not ours, and ' ' and '=' would let
+ * peer text forge a key=value pair of its own. */
+static int log_plain(unsigned char c)
+{
+  return c > 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '=';
+}
+
 char *px_log_sanitize(const char *in, size_t n, size_t max, char *out,
                       size_t cap)
 {
   static const char hex[] = "0123456789abcdef";
-  size_t o = 0, lim = n < max ? n : max;
+  size_t o = 0, need = 0, room, lim = n < max ? n : max;
+  int cut = n > lim;
 
+  if (cap == 0)
+    return out; /* no room even for the NUL */
+  room = cap - 1;
+  for (size_t i = 0; i < lim; i++)
+    need += log_plain((unsigned char)in[i]) ? 1 : 4;
+  /* If the whole of it does not fit, the "..." mark must: a value cut by
+   * cap looks the same as one cut by max, never like a complete one. */
+  if (need + (cut ? 3 : 0) > room) {
+    cut = 1;
+    if (room >= 3)
+      room -= 3;
+  }
   for (size_t i = 0; i < lim; i++) {
     unsigned char c = (unsigned char)in[i];
-    if (c > 0x20 && c < 0x7f && c != '\\') {
-      if (o + 1 >= cap)
+    if (log_plain(c)) {
+      if (o + 1 > room)
         break;
       out[o++] = (char)c;
     } else {
-      if (o + 4 >= cap)
-        break;
+      if (o + 4 > room)
+        break; /* never half an escape */
       out[o++] = '\\';
       out[o++] = 'x';
       out[o++] = hex[c >> 4];
       out[o++] = hex[c & 15];
     }
   }
-  if (n > lim && o + 3 < cap) {
+  if (cut && cap - 1 - o >= 3) {
     memcpy(out + o, "...", 3);
     o += 3;
   }

@@ -25,10 +25,14 @@ int px_log_enabled(enum px_log_level lvl);
 void px_log(enum px_log_level lvl, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Copies peer text into out[0..cap) as printable ASCII: bytes outside
- * 0x21-0x7E become \xNN (space too, so values never split a key=value
- * pair), and the result is cut at max input bytes with "..." appended.
- * Always NUL-terminates; returns out. */
+/* Copies peer text into out[0..cap) so that it can stand as a log value,
+ * bare (user=%s) or quoted (err="%s"): bytes outside 0x21-0x7E and the
+ * quote, backslash, '=' and space become \xNN, so peer text can neither end
+ * a quoted value early nor split or forge a key=value pair. At most max
+ * input bytes are copied; when the input is longer, or its escaped form
+ * does not fit in cap, it is cut (never inside an escape) and "..." is
+ * appended. max * 4 + 4 bytes of cap always hold the whole result. Always
+ * NUL-terminates when cap > 0; returns out. Any thread. */
 char *px_log_sanitize(const char *in, size_t n, size_t max, char *out,
                       size_t cap);
 

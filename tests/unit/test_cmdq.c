@@ -2,11 +2,15 @@
  * their responses.
  *
  * Tests the contracts in cmdq.h: FIFO order, the max bound, copies of the
- * lines, pop and clear freeing everything (LSan checks at exit).
+ * lines, pop and clear freeing everything (LSan checks at exit) and wiping
+ * every line first (failalloc's free hook looks), and a push that fails
+ * for memory leaving the queue as it was.
  *
  * Build: gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined
  *        -Iproxy -Itests proxy/dot.c proxy/pop3.c proxy/cmdq.c
- *        tests/unit/test_cmdq.c -lcmocka
+ *        tests/unit/failalloc.c tests/unit/test_cmdq.c
+ *        -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+ *        -lcmocka -lcrypto
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +23,7 @@
 #include <string.h>
 
 #include "cmdq.h"
+#include "failalloc.h"
 #include "px.h"
 #include "testutil.h"
 
@@ -293,6 +298,138 @@ static void test_pipeline(void **state)
   px_cmdq_clear(&q);
 }
 
+/* Watches free() for the entries of a queue: each must reach it with its
+ * line wiped. The entries are noted before they are freed. */
+struct watch {
+  const struct px_cmdq_ent *ent[16];
+  size_t len[16];
+  unsigned n, freed;
+};
+
+static void watch_free_cb(void *p, void *arg)
+{
+  struct watch *w = arg;
+
+  for (unsigned i = 0; i < w->n; i++) {
+    if (p != NULL && p == w->ent[i]) {
+      for (size_t k = 0; k < w->len[i]; k++)
+        TU_CHECK(w->ent[i]->line[k] == 0);
+      w->ent[i] = NULL;
+      w->freed++;
+    }
+  }
+}
+
+static void watch_queue(struct watch *w, const struct px_cmdq *q)
+{
+  memset(w, 0, sizeof *w);
+  for (const struct px_cmdq_ent *e = q->head; e != NULL; e = e->next) {
+    TU_CHECK(w->n < 16);
+    w->len[w->n] = e->len;
+    w->ent[w->n++] = e;
+  }
+}
+
+static void push_secrets(struct px_cmdq *q)
+{
+  assert_non_null(px_cmdq_push(q, PX_CQ_RELAY, S("USER alice\r\n")));
+  assert_non_null(px_cmdq_push(q, PX_CQ_RELAY, S("PASS hunter2\r\n")));
+  assert_non_null(px_cmdq_push(q, PX_CQ_RELAY, S("AUTH PLAIN\r\n")));
+  assert_non_null(px_cmdq_push(q, PX_CQ_RELAY, S("AGFsaWNlAGh1bnRlcjI=\r\n")));
+  assert_non_null(px_cmdq_push(q, PX_CQ_GREETING, NULL, 0));
+}
+
+static void test_pop_wipes(void **state)
+{
+  struct px_cmdq q;
+  struct watch w;
+
+  (void)state;
+  px_cmdq_init(&q, 16);
+  push_secrets(&q);
+  watch_queue(&w, &q);
+  fa_on_free(watch_free_cb, &w);
+  while (px_cmdq_head(&q) != NULL)
+    px_cmdq_pop(&q);
+  fa_on_free(NULL, NULL);
+  assert_int_equal(w.freed, 5);
+  check_queue(&q);
+}
+
+static void test_clear_wipes(void **state)
+{
+  struct px_cmdq q;
+  struct watch w;
+
+  (void)state;
+  px_cmdq_init(&q, 16);
+  push_secrets(&q);
+  watch_queue(&w, &q);
+  fa_on_free(watch_free_cb, &w);
+  px_cmdq_clear(&q);
+  fa_on_free(NULL, NULL);
+  assert_int_equal(w.freed, 5);
+  check_queue(&q);
+}
+
+/* Copies what a queue holds, to compare before and after. */
+static void snapshot(const struct px_cmdq *q, struct bytes *out)
+{
+  for (const struct px_cmdq_ent *e = q->head; e != NULL; e = e->next) {
+    bytes_add(out, &e, sizeof e);
+    bytes_add(out, e->line, e->len);
+  }
+}
+
+/* A push refused for memory: NULL, the queue unchanged (count, links,
+ * entries), and the same push working once memory is back. */
+static void test_push_enomem(void **state)
+{
+  struct px_cmdq q;
+  struct bytes before = { 0 }, after = { 0 };
+
+  (void)state;
+  for (unsigned have = 0; have < 3; have++) {
+    px_cmdq_init(&q, 8);
+    for (unsigned i = 0; i < have; i++)
+      assert_non_null(px_cmdq_push(&q, PX_CQ_RELAY, S("NOOP\r\n")));
+    snapshot(&q, &before);
+
+    fa_fail_nth(1);
+    assert_null(px_cmdq_push(&q, PX_CQ_RELAY, S("PASS hunter2\r\n")));
+    fa_off();
+    assert_int_equal(fa_failed(), 1);
+    check_queue(&q);
+    assert_int_equal(q.n, have);
+    snapshot(&q, &after);
+    assert_bytes_eq(after.p, after.n, before.p, before.n);
+    bytes_free(&after);
+
+    /* Every allocation failing: the same. */
+    fa_fail_all();
+    assert_null(px_cmdq_push(&q, PX_CQ_LOCAL, S("-ERR\r\n")));
+    assert_null(px_cmdq_push(&q, PX_CQ_GREETING, NULL, 0));
+    fa_off();
+    assert_int_equal(fa_failed(), 2);
+    check_queue(&q);
+    snapshot(&q, &after);
+    assert_bytes_eq(after.p, after.n, before.p, before.n);
+    bytes_free(&after);
+
+    /* Memory is back. */
+    fa_fail_nth(2); /* a push allocates once: the second would fail */
+    assert_non_null(px_cmdq_push(&q, PX_CQ_RELAY, S("PASS hunter2\r\n")));
+    fa_off();
+    assert_int_equal(fa_calls(), 1);
+    assert_int_equal(fa_failed(), 0);
+    assert_int_equal(q.n, have + 1);
+    assert_memory_equal(q.tail->line, "PASS hunter2\r\n", 14);
+    check_queue(&q);
+    bytes_free(&before);
+    px_cmdq_clear(&q);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -303,6 +440,9 @@ int main(void)
     cmocka_unit_test(test_clear_frees),
     cmocka_unit_test(test_random_model),
     cmocka_unit_test(test_pipeline),
+    cmocka_unit_test(test_pop_wipes),
+    cmocka_unit_test(test_clear_wipes),
+    cmocka_unit_test(test_push_enomem),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,8 +9,10 @@
  * and writes beyond them; LSan catches a partial-line buffer that leaks.
  *
  * Build: gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined
- *        -Iproxy -Itests proxy/dot.c proxy/pop3.c tests/unit/test_pop3.c
- *        -lcmocka
+ *        -Iproxy -Itests proxy/dot.c proxy/pop3.c tests/unit/failalloc.c
+ *        tests/unit/test_pop3.c
+ *        -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+ *        $(pkg-config --cflags --libs cmocka libuv)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,9 +21,12 @@
 #include <cmocka.h>
 
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
+#include "failalloc.h"
 #include "pop3.h"
 #include "px.h"
 #include "testutil.h"
@@ -1366,6 +1371,98 @@ static void test_names(void **state)
   assert_string_equal(px_cmd_names[PX_CMD_USER], "USER");
 }
 
+/* ---- out of memory ------------------------------------------------------ */
+
+static const char capa_resp[] = "+OK Capability list follows\r\n"
+                                "TOP\r\nUSER\r\nSASL PLAIN\r\n.\r\n";
+
+/* Feeds in[0..n) to a fresh line-mode framer, a byte at a time or whole,
+ * and writes its events as text into ev. Allocates nothing itself, so
+ * failalloc counts the framer's allocations only. A feed refused for
+ * memory must return UV_ENOMEM and keep no partial line; memory is then
+ * given back (fa_off) and the same bytes are offered again. Returns how
+ * many feeds were refused. */
+static unsigned feed_framer(const char *in, size_t n, int bytewise, char *ev,
+                            size_t evcap)
+{
+  struct px_framer f;
+  char out[64];
+  size_t pos = 0, evn = 0;
+  unsigned refused = 0;
+
+  ev[0] = '\0';
+  px_framer_start(&f, PX_SHAPE_MULTI, 1, 512);
+  for (;;) {
+    size_t avail = bytewise && n - pos > 0 ? 1 : n - pos;
+    struct px_fr_out o;
+    ssize_t rc = px_framer_feed(&f, in + pos, avail, out, sizeof out, &o);
+
+    if (rc == UV_ENOMEM) {
+      TU_CHECK(f.lbuf == NULL && f.llen == 0);
+      TU_CHECK(++refused < 100);
+      fa_off();
+      continue;
+    }
+    TU_CHECK(rc >= 0 && (size_t)rc <= avail);
+    if (o.ev != PX_FR_NONE) {
+      int end = o.ev == PX_FR_END; /* no bytes: o.p is not set */
+      int w = snprintf(ev + evn, evcap - evn, "%d:%.*s|", (int)o.ev,
+                       end ? 0 : (int)o.n, end ? "" : o.p);
+      TU_CHECK(w > 0 && (size_t)w < evcap - evn);
+      evn += (size_t)w;
+    }
+    pos += (size_t)rc;
+    if (rc == 0 && o.ev == PX_FR_NONE) {
+      TU_CHECK(f.st == PX_FRS_DONE || avail == 0);
+      break;
+    }
+  }
+  TU_CHECK(pos == n);
+  px_framer_reset(&f);
+  return refused;
+}
+
+/* The framer allocates only to keep a partial line across feeds: a sweep
+ * over its allocations gets UV_ENOMEM with nothing kept, and offering the
+ * same bytes again once memory is back gives the same events. */
+static void test_framer_enomem(void **state)
+{
+  char want[512], got[512];
+  unsigned long nth;
+
+  (void)state;
+  assert_int_equal(feed_framer(S(capa_resp), 1, want, sizeof want), 0);
+  assert_string_equal(want, "1:+OK Capability list follows|4:TOP\r\n|"
+                            "4:USER\r\n|4:SASL PLAIN\r\n|5:|");
+  for (nth = 1;; nth++) {
+    unsigned refused;
+
+    fa_fail_nth(nth);
+    refused = feed_framer(S(capa_resp), 1, got, sizeof got);
+    fa_off();
+    assert_string_equal(got, want);
+    if (fa_failed() == 0) {
+      assert_int_equal(refused, 0);
+      break;
+    }
+    assert_int_equal(refused, 1);
+  }
+  /* One partial-line buffer, kept for the whole response. */
+  assert_int_equal(nth, 2);
+
+  /* Every allocation failing: refused, then fine once memory is back. */
+  fa_fail_all();
+  assert_int_equal(feed_framer(S(capa_resp), 1, got, sizeof got), 1);
+  assert_string_equal(got, want);
+
+  /* A response that arrives whole needs no allocation at all. */
+  fa_fail_all();
+  assert_int_equal(feed_framer(S(capa_resp), 0, got, sizeof got), 0);
+  assert_int_equal(fa_calls(), 0);
+  fa_off();
+  assert_string_equal(got, want);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1389,6 +1486,7 @@ int main(void)
     cmocka_unit_test(test_framer_done_consumes_nothing),
     cmocka_unit_test(test_framer_random),
     cmocka_unit_test(test_names),
+    cmocka_unit_test(test_framer_enomem),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

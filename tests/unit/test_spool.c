@@ -1,5 +1,8 @@
 /* test_spool.c - the held-message store: memory first, an unlinked file
- * above memory_per_message or the memory budget, read back exactly. */
+ * above memory_per_message or the memory budget, read back exactly; in
+ * memory, a growth refused for memory is a sticky -ENOMEM that loses no
+ * byte already held and no count in px_spool_ram(). */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +17,7 @@
 #include <cmocka.h>
 
 #include "conf.h"
+#include "failalloc.h"
 #include "spool.h"
 
 static char dir[] = "/tmp/popgate-test-spool-XXXXXX";
@@ -211,6 +215,106 @@ static void test_empty_and_reads_past_end(void **state)
   px_spool_free(&sp); /* idempotent */
 }
 
+/* Checks that sp holds the first sp->size bytes of the pattern, in
+ * memory, and that px_spool_ram() counts exactly its buffer. */
+static void check_mem_pattern(const struct px_spool *sp, uint64_t ram_base)
+{
+  assert_int_equal(sp->fd, -1);
+  assert_int_equal(sp->len, sp->size);
+  assert_true(sp->len <= sp->cap);
+  assert_int_equal(px_spool_ram() - ram_base, sp->cap);
+  for (size_t i = 0; i < sp->len; i++)
+    assert_int_equal((unsigned char)sp->mem[i], (unsigned char)(i * 31 + 7));
+}
+
+/* Sweeps the n-th allocation over a message growing in memory (64 KiB,
+ * then doubling): the append that meets it returns -ENOMEM and keeps it in
+ * sp->err, the bytes held so far stay readable, the memory count stays
+ * exact, and later appends give the same error (a held message with a
+ * hole would be worse than none). Freeing gives everything back, and a
+ * new message works once memory is back. */
+static void test_memory_growth_enomem(void **state)
+{
+  struct px_conf c = conf_with(1 << 20, 256 << 20);
+  uint64_t base = px_spool_ram();
+  const size_t total = 300 * 1000, chunk = 10000;
+  char *buf = malloc(total);
+  unsigned long nth;
+
+  (void)state;
+  assert_non_null(buf);
+  for (size_t i = 0; i < total; i++)
+    buf[i] = (char)(i * 31 + 7);
+  for (nth = 1;; nth++) {
+    struct px_spool sp;
+    int rc = 0;
+    size_t done = 0;
+
+    px_spool_init(&sp);
+    fa_fail_nth(nth);
+    while (done < total) {
+      rc = px_spool_append(&sp, &c, buf + done, chunk);
+      if (rc < 0)
+        break;
+      done += chunk;
+    }
+    fa_off();
+    if (fa_failed() == 0) {
+      assert_int_equal(rc, 0);
+      assert_int_equal(sp.size, total);
+      check_mem_pattern(&sp, base);
+      px_spool_free(&sp);
+      break;
+    }
+    assert_int_equal(rc, -ENOMEM);
+    assert_int_equal(sp.err, -ENOMEM);
+    assert_int_equal(sp.size, done); /* the refused chunk is not counted */
+    check_mem_pattern(&sp, base);
+    /* Sticky, also with memory back. */
+    assert_int_equal(px_spool_append(&sp, &c, buf + done, chunk), -ENOMEM);
+    assert_int_equal(sp.size, done);
+    /* What the session does for on_error = pass: memory only, error
+     * cleared; the message goes on from where it was. */
+    sp.err = 0;
+    sp.mem_only = 1;
+    assert_int_equal(px_spool_append(&sp, &c, buf + done, total - done), 0);
+    assert_int_equal(sp.size, total);
+    check_mem_pattern(&sp, base);
+    px_spool_free(&sp);
+    assert_int_equal(px_spool_ram(), base);
+
+    /* A new message, memory back: fine. */
+    px_spool_init(&sp);
+    fill_and_check(&sp, &c, 100000, 4096, 1000);
+    px_spool_free(&sp);
+    assert_int_equal(px_spool_ram(), base);
+  }
+  /* 64 KiB, 128 KiB, 256 KiB, 512 KiB: four growths, four failure points. */
+  assert_int_equal(nth, 5);
+  free(buf);
+}
+
+/* Every allocation failing from the first byte: nothing held, nothing
+ * counted. */
+static void test_first_append_enomem(void **state)
+{
+  struct px_conf c = conf_with(1 << 20, 256 << 20);
+  uint64_t base = px_spool_ram();
+  struct px_spool sp;
+
+  (void)state;
+  px_spool_init(&sp);
+  fa_fail_all();
+  assert_int_equal(px_spool_append(&sp, &c, "abc", 3), -ENOMEM);
+  fa_off();
+  assert_null(sp.mem);
+  assert_int_equal(sp.size, 0);
+  assert_int_equal(px_spool_ram(), base);
+  assert_int_equal(px_spool_read(&sp, 0, (char[4]){ 0 }, 4), 0);
+  px_spool_free(&sp);
+  assert_int_equal(px_spool_ram(), base);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -221,6 +325,8 @@ int main(void)
     cmocka_unit_test(test_unwritable_dir_fails_then_mem_only),
     cmocka_unit_test(test_mem_only_within_budget),
     cmocka_unit_test(test_empty_and_reads_past_end),
+    cmocka_unit_test(test_memory_growth_enomem),
+    cmocka_unit_test(test_first_append_enomem),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
