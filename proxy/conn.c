@@ -29,16 +29,6 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
   buf->len = c->slabsz;
 }
 
-/* Frees blocks that left the queue, wiping them first on a leg that may
- * carry passwords (the block cache hands them to other sessions). */
-static void drop_chain(const struct px_conn *c, struct px_blk *k)
-{
-  if (c->wipe_out)
-    for (struct px_blk *b = k; b != NULL; b = b->next)
-      OPENSSL_cleanse(b->data, b->len);
-  px_blk_free_chain(k);
-}
-
 static void drop_in(struct px_conn *c)
 {
   if (c->in != NULL) {
@@ -248,8 +238,7 @@ static void close_cb(uv_handle_t *h)
 {
   struct px_conn *c = h->data;
 
-  drop_chain(c, c->out.head);
-  px_buf_init(&c->out);
+  px_buf_clear(&c->out);
   px_buf_clear(&c->enc);
   drop_in(c);
   px_tls_free(&c->tls);
@@ -283,7 +272,7 @@ int px_conn_init(struct px_conn *c, uv_loop_t *loop,
   c->open = 1;
   c->reading = c->paused = c->ended = c->writing = c->over = 0;
   c->delivering = c->again = 0;
-  c->wipe_in = c->wipe_out = 0;
+  c->wipe_in = 0;
   c->bytes_in = c->bytes_out = 0;
   ops->hold(c);
   return 0;
@@ -402,7 +391,7 @@ static void write_cb(uv_write_t *req, int status)
 {
   struct px_conn *c = req->data;
 
-  drop_chain(c, c->wchain);
+  px_blk_free_chain(c->wchain);
   c->wchain = NULL;
   c->wdone = status == 0 ? c->wbytes : 0;
   c->bytes_out += c->wdone;
@@ -434,7 +423,7 @@ static int encrypt_queued(struct px_conn *c)
     ssize_t w = k->len > k->off
                     ? px_tls_write(c->tls, k->data + k->off, k->len - k->off)
                     : 0;
-    drop_chain(c, k);
+    px_blk_free_chain(k);
     if (w < 0)
       return (int)w;
     if (take_tls_out(c) < 0)
@@ -470,7 +459,7 @@ int px_conn_flush(struct px_conn *c)
   c->wreq.data = c;
   rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, write_cb);
   if (rc < 0) {
-    drop_chain(c, c->wchain);
+    px_blk_free_chain(c->wchain);
     c->wchain = NULL;
     c->wbytes = 0;
     return rc;

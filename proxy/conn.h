@@ -84,8 +84,8 @@ struct px_conn {
   unsigned ended : 1;    /* the stream failed or ended: no more reads */
   unsigned writing : 1;  /* a uv_write is in flight */
   unsigned over : 1;     /* output passed high water; low() is owed */
-  unsigned wipe_in : 1;  /* input may carry passwords: wiped after use */
-  unsigned wipe_out : 1; /* output may carry passwords: wiped after use */
+  unsigned wipe_in : 1;  /* input may carry passwords: wiped after use
+                            (output: px_buf_set_wipe on out) */
   unsigned delivering : 1;
   unsigned again : 1; /* px_conn_replay() during a delivery */
   uint64_t bytes_in, bytes_out;

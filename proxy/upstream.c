@@ -388,7 +388,7 @@ static void connect_addr(struct px_session *s, const struct sockaddr *sa)
     upstream_unavailable(s);
     return;
   }
-  s->up.wipe_out = 1; /* PASS and AUTH lines */
+  px_buf_set_wipe(&s->up.out, 1); /* PASS and AUTH lines */
   sess_up_enter(s, PX_UP_CONNECTING);
   s->t_conn = sess_now(s);
   rc = px_conn_connect(&s->up, sa, on_connect);
