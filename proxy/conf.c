@@ -77,9 +77,6 @@
 /* Longest error message, without "FILE:LINE: ". */
 #define PX_CONF_ERR_MSG 320
 
-/* How much of a user's value an error message quotes. */
-#define PX_CONF_SHOW 80
-
 #define PX_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define PX_UNUSED       __attribute__((unused))
 
@@ -428,9 +425,7 @@ static PX_UNUSED const char *strerror_xsi(int r, char *buf)
   _Generic(strerror_r((e), (buf), sizeof(buf)), char *: strerror_gnu,      \
            default: strerror_xsi)(strerror_r((e), (buf), sizeof(buf)), (buf))
 
-/* Copies s into buf for an error message: control bytes become '?', and a
- * long value is cut with "...". */
-static const char *show(char buf[static PX_CONF_SHOW + 4], const char *s)
+const char *px_conf_show(char buf[static PX_CONF_SHOW + 4], const char *s)
 {
   size_t i;
 
@@ -640,8 +635,8 @@ static int is_host(const char *h)
 /* Splits "host:port" or "[v6]:port". On success returns 0 with *host and
  * *port malloc'ed (host without brackets, port in canonical decimal). On
  * failure returns -EINVAL with *why saying what is wrong, or -ENOMEM. */
-static int split_hostport(const char *s, char **host, char **port,
-                          const char **why)
+int px_conf_split_hostport(const char *s, char **host, char **port,
+                           const char **why)
 {
   char hbuf[256];
   char pbuf[8];
@@ -732,7 +727,7 @@ int px_conf_parse_hostport(const char *s, char **host, char **port)
 
   if (s == NULL || host == NULL || port == NULL)
     return -EINVAL;
-  return split_hostport(s, host, port, &why);
+  return px_conf_split_hostport(s, host, port, &why);
 }
 
 static void hostport_free(struct px_conf_hostport *hp)
@@ -798,6 +793,85 @@ static const char *size_str(char *buf, size_t n, uint64_t b)
   return buf;
 }
 
+/* ---- values with their range, as every key reports them ---- */
+
+int px_conf_value_uint(const char *key, const char *v, uint64_t min,
+                       uint64_t max, unsigned *out, char *err, size_t errlen)
+{
+  char q[PX_CONF_SHOW + 4];
+  uint64_t n;
+
+  if (parse_u64(v, &n, NULL) != 0) {
+    snprintf(err, errlen,
+             "bad number \"%s\" for %s (use a whole number from %" PRIu64
+             " to %" PRIu64 ")",
+             px_conf_show(q, v), key, min, max);
+    return -EINVAL;
+  }
+  if (n < min || n > max) {
+    snprintf(err, errlen, "%s = %s is out of range (%" PRIu64 "..%" PRIu64 ")",
+             key, px_conf_show(q, v), min, max);
+    return -EINVAL;
+  }
+  *out = (unsigned)n;
+  return 0;
+}
+
+int px_conf_value_size(const char *key, const char *v, uint64_t min,
+                       uint64_t max, uint64_t *out, char *err, size_t errlen)
+{
+  char q[PX_CONF_SHOW + 4], lo[32], hi[32];
+  uint64_t n;
+
+  if (px_conf_parse_size(v, &n) != 0) {
+    snprintf(err, errlen, "bad size \"%s\" for %s (use e.g. 512, 64K, 1M)",
+             px_conf_show(q, v), key);
+    return -EINVAL;
+  }
+  if (n < min || n > max) {
+    snprintf(err, errlen, "%s = %s is out of range (%s..%s)", key,
+             px_conf_show(q, v), size_str(lo, sizeof lo, min),
+             size_str(hi, sizeof hi, max));
+    return -EINVAL;
+  }
+  *out = n;
+  return 0;
+}
+
+static int duration_value(const char *key, const char *v, uint64_t min,
+                          uint64_t max, const char *min_why, uint64_t *out,
+                          char *err, size_t errlen)
+{
+  char q[PX_CONF_SHOW + 4], lo[32], hi[32];
+  uint64_t ms;
+
+  if (px_conf_parse_duration(v, &ms) != 0) {
+    snprintf(err, errlen, "bad duration \"%s\" for %s (use e.g. 30s, 10m, 1h)",
+             px_conf_show(q, v), key);
+    return -EINVAL;
+  }
+  if (ms < min && min_why != NULL) {
+    snprintf(err, errlen, "%s = %s is below %s: %s", key, px_conf_show(q, v),
+             duration_str(lo, sizeof lo, min), min_why);
+    return -EINVAL;
+  }
+  if (ms < min || ms > max) {
+    snprintf(err, errlen, "%s = %s is out of range (%s..%s)", key,
+             px_conf_show(q, v), duration_str(lo, sizeof lo, min),
+             duration_str(hi, sizeof hi, max));
+    return -EINVAL;
+  }
+  *out = ms;
+  return 0;
+}
+
+int px_conf_value_duration(const char *key, const char *v, uint64_t min,
+                           uint64_t max, uint64_t *out, char *err,
+                           size_t errlen)
+{
+  return duration_value(key, v, min, max, NULL, out, err, errlen);
+}
+
 /* ---- value parsers (one per field type; see keys[]) ---- */
 
 /* "auto" (stored as 0, resolved in finish()) or a number in range. */
@@ -815,83 +889,59 @@ static int p_auto_uint(struct loader *L, const struct key_def *k, const char *v,
     bad(L,
         "bad value \"%s\" for %s (use auto or a number from %" PRIu64
         " to %" PRIu64 ")",
-        show(q, v), k->name, k->min, k->max);
+        px_conf_show(q, v), k->name, k->min, k->max);
     return -EINVAL;
   }
   if (n < k->min || n > k->max) {
     bad(L, "%s = %s is out of range (use auto or %" PRIu64 "..%" PRIu64 ")",
-        k->name, show(q, v), k->min, k->max);
+        k->name, px_conf_show(q, v), k->min, k->max);
     return -EINVAL;
   }
   *FIELD(base, k->off, unsigned) = (unsigned)n;
   return 0;
+}
+
+/* Reports what a px_conf_value_*() call found wrong; returns rc. */
+static int value_rc(struct loader *L, int rc, const char *msg)
+{
+  if (rc != 0)
+    bad(L, "%s", msg);
+  return rc;
 }
 
 static int p_uint(struct loader *L, const struct key_def *k, const char *v,
                   void *base)
 {
-  char q[PX_CONF_SHOW + 4];
-  uint64_t n;
+  char msg[PX_CONF_ERR_MSG];
 
-  if (parse_u64(v, &n, NULL) != 0) {
-    bad(L,
-        "bad number \"%s\" for %s (use a whole number from %" PRIu64
-        " to %" PRIu64 ")",
-        show(q, v), k->name, k->min, k->max);
-    return -EINVAL;
-  }
-  if (n < k->min || n > k->max) {
-    bad(L, "%s = %s is out of range (%" PRIu64 "..%" PRIu64 ")", k->name,
-        show(q, v), k->min, k->max);
-    return -EINVAL;
-  }
-  *FIELD(base, k->off, unsigned) = (unsigned)n;
-  return 0;
+  return value_rc(L,
+                  px_conf_value_uint(k->name, v, k->min, k->max,
+                                     FIELD(base, k->off, unsigned), msg,
+                                     sizeof msg),
+                  msg);
 }
 
 static int p_duration(struct loader *L, const struct key_def *k, const char *v,
                       void *base)
 {
-  char q[PX_CONF_SHOW + 4], lo[32], hi[32];
-  uint64_t ms;
+  char msg[PX_CONF_ERR_MSG];
 
-  if (px_conf_parse_duration(v, &ms) != 0) {
-    bad(L, "bad duration \"%s\" for %s (use e.g. 30s, 10m, 1h)", show(q, v),
-        k->name);
-    return -EINVAL;
-  }
-  if (ms < k->min && k->min_why != NULL) {
-    bad(L, "%s = %s is below %s: %s", k->name, show(q, v),
-        duration_str(lo, sizeof lo, k->min), k->min_why);
-    return -EINVAL;
-  }
-  if (ms < k->min || ms > k->max) {
-    bad(L, "%s = %s is out of range (%s..%s)", k->name, show(q, v),
-        duration_str(lo, sizeof lo, k->min),
-        duration_str(hi, sizeof hi, k->max));
-    return -EINVAL;
-  }
-  *FIELD(base, k->off, uint64_t) = ms;
-  return 0;
+  return value_rc(L,
+                  duration_value(k->name, v, k->min, k->max, k->min_why,
+                                 FIELD(base, k->off, uint64_t), msg,
+                                 sizeof msg),
+                  msg);
 }
 
 /* A size in k's range into *n; 0 or -EINVAL (reported). */
 static int size_value(struct loader *L, const struct key_def *k, const char *v,
                       uint64_t *n)
 {
-  char q[PX_CONF_SHOW + 4], lo[32], hi[32];
+  char msg[PX_CONF_ERR_MSG];
 
-  if (px_conf_parse_size(v, n) != 0) {
-    bad(L, "bad size \"%s\" for %s (use e.g. 512, 64K, 1M)", show(q, v),
-        k->name);
-    return -EINVAL;
-  }
-  if (*n < k->min || *n > k->max) {
-    bad(L, "%s = %s is out of range (%s..%s)", k->name, show(q, v),
-        size_str(lo, sizeof lo, k->min), size_str(hi, sizeof hi, k->max));
-    return -EINVAL;
-  }
-  return 0;
+  return value_rc(
+      L, px_conf_value_size(k->name, v, k->min, k->max, n, msg, sizeof msg),
+      msg);
 }
 
 /* A size_t field. */
@@ -925,7 +975,8 @@ static int p_bool(struct loader *L, const struct key_def *k, const char *v,
   int b;
 
   if (px_conf_parse_bool(v, &b) != 0) {
-    bad(L, "bad value \"%s\" for %s (use yes or no)", show(q, v), k->name);
+    bad(L, "bad value \"%s\" for %s (use yes or no)", px_conf_show(q, v),
+        k->name);
     return -EINVAL;
   }
   *FIELD(base, k->off, int) = b;
@@ -943,7 +994,7 @@ static int p_tls(struct loader *L, const struct key_def *k, const char *v,
       break;
   if (i == PX_TLS_COUNT) {
     bad(L, "bad value \"%s\" for %s (use off, starttls or implicit)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   *FIELD(base, k->off, enum px_tls_mode) = (enum px_tls_mode)i;
@@ -962,8 +1013,8 @@ static int p_log_level(struct loader *L, const struct key_def *k, const char *v,
       return 0;
     }
   }
-  bad(L, "bad value \"%s\" for %s (use error, warn, info or debug)", show(q, v),
-      k->name);
+  bad(L, "bad value \"%s\" for %s (use error, warn, info or debug)",
+      px_conf_show(q, v), k->name);
   return -EINVAL;
 }
 
@@ -997,7 +1048,7 @@ static int p_log(struct loader *L, const struct key_def *k, const char *v,
     bad(L,
         "bad value \"%s\" for %s (use stderr, syslog or an absolute file "
         "path)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   free(c->log_path);
@@ -1018,7 +1069,7 @@ static int p_user(struct loader *L, const struct key_def *k, const char *v,
 
   if (v[0] == '-' || strlen(v) > 32 || !is_name(v)) {
     bad(L, "bad value \"%s\" for %s (use a user name such as popgate)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   if ((s = xstrdup(L, v)) == NULL)
@@ -1036,20 +1087,20 @@ static int hostport_value(struct loader *L, const struct key_def *k,
   const char *why = NULL;
   int rc;
 
-  rc = split_hostport(v, &hp->host, &hp->port, &why);
+  rc = px_conf_split_hostport(v, &hp->host, &hp->port, &why);
   if (rc == -ENOMEM) {
     oom(L);
     return rc;
   }
   if (rc != 0) {
-    bad(L, "bad address \"%s\" for %s: %s", show(q, v), k->name, why);
+    bad(L, "bad address \"%s\" for %s: %s", px_conf_show(q, v), k->name, why);
     return rc;
   }
   if ((k->flags & KEY_IP_ONLY) && !is_ip(hp->host)) {
     bad(L,
         "bad address \"%s\" for %s: the host must be an IP address, "
         "such as 127.0.0.1, 0.0.0.0, [::1] or [::]",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     hostport_free(hp);
     return -EINVAL;
   }
@@ -1106,7 +1157,7 @@ static int p_ref(struct loader *L, const struct key_def *k, const char *v,
 
   if (!is_name(v)) {
     bad(L, "bad value \"%s\" for %s (the NAME of an [%s:NAME] section)",
-        show(q, v), k->name, k->name);
+        px_conf_show(q, v), k->name, k->name);
     return -EINVAL;
   }
   if ((s = xstrdup(L, v)) == NULL)
@@ -1135,7 +1186,7 @@ static int p_ref_list(struct loader *L, const struct key_def *k, const char *v,
       bad(L,
           "bad value \"%s\" for %s (names of [filter:NAME] sections, "
           "separated by commas or spaces)",
-          show(q, v), k->name);
+          px_conf_show(q, v), k->name);
       goto fail;
     }
     memcpy(word, v + i, wl < sizeof word ? wl : sizeof word - 1);
@@ -1144,7 +1195,7 @@ static int p_ref_list(struct loader *L, const struct key_def *k, const char *v,
       bad(L,
           "bad name \"%s%s\" in %s (the NAME of a [filter:NAME] section; "
           "separate names with commas or spaces)",
-          show(q, word), wl < sizeof word ? "" : "...", k->name);
+          px_conf_show(q, word), wl < sizeof word ? "" : "...", k->name);
       goto fail;
     }
     for (j = 0; j < n; j++) {
@@ -1169,7 +1220,7 @@ static int p_ref_list(struct loader *L, const struct key_def *k, const char *v,
         bad(L,
             "bad value \"%s\" for %s (names of [filter:NAME] sections, "
             "separated by commas or spaces)",
-            show(q, v), k->name);
+            px_conf_show(q, v), k->name);
         goto fail;
       }
     }
@@ -1228,7 +1279,7 @@ static int keyword_value(struct loader *L, const struct key_def *k,
       return 0;
     }
   }
-  bad(L, "bad value \"%s\" for %s (use %s)", show(q, v), k->name,
+  bad(L, "bad value \"%s\" for %s (use %s)", px_conf_show(q, v), k->name,
       names_str(list, sizeof list, names, n));
   return -EINVAL;
 }
@@ -1299,7 +1350,7 @@ static int dir_path_value(struct loader *L, const struct key_def *k,
 
   if (v[0] != '/' || has_ctl(v)) {
     bad(L, "bad value \"%s\" for %s (use an absolute directory path)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   if ((s = xstrdup(L, v)) == NULL)
@@ -1327,7 +1378,7 @@ static int p_dir(struct loader *L, const struct key_def *k, const char *v,
   if (rc != 0)
     return rc;
   if (dir_problem(v, why, sizeof why)[0] != '\0') {
-    bad(L, "cannot use %s \"%s\": %s", k->name, show(q, v), why);
+    bad(L, "cannot use %s \"%s\": %s", k->name, px_conf_show(q, v), why);
     return -EINVAL;
   }
   return 0;
@@ -1349,23 +1400,24 @@ static int p_database(struct loader *L, const struct key_def *k, const char *v,
     bad(L,
         "bad value \"%s\" for %s (use the absolute path of a directory or "
         "a file)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   if (stat(v, &st) == -1) {
     e = errno;
-    bad(L, "cannot use %s \"%s\": %s", k->name, show(q, v), ERRSTR(e, ebuf));
+    bad(L, "cannot use %s \"%s\": %s", k->name, px_conf_show(q, v),
+        ERRSTR(e, ebuf));
     return -EINVAL;
   }
   if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
     bad(L, "cannot use %s \"%s\": not a directory or a regular file", k->name,
-        show(q, v));
+        px_conf_show(q, v));
     return -EINVAL;
   }
   if (access(v, S_ISDIR(st.st_mode) ? R_OK | X_OK : R_OK) == -1) {
     e = errno;
-    bad(L, "cannot use %s \"%s\": not readable: %s", k->name, show(q, v),
-        ERRSTR(e, ebuf));
+    bad(L, "cannot use %s \"%s\": not readable: %s", k->name,
+        px_conf_show(q, v), ERRSTR(e, ebuf));
     return -EINVAL;
   }
   if ((s = xstrdup(L, v)) == NULL)
@@ -1394,20 +1446,20 @@ static int p_socket(struct loader *L, const struct key_def *k, const char *v,
       bad(L,
           "bad value \"%s\" for %s (use the absolute path of clamd's unix "
           "socket, or host:port)",
-          show(q, v), k->name);
+          px_conf_show(q, v), k->name);
       return -EINVAL;
     }
     if (n >= sizeof((struct sockaddr_un *)NULL)->sun_path) {
       bad(L,
           "%s path \"%s\" is longer than %zu characters (the limit of a "
           "unix socket address)",
-          k->name, show(q, v),
+          k->name, px_conf_show(q, v),
           sizeof((struct sockaddr_un *)NULL)->sun_path - 1);
       return -EINVAL;
     }
     s = xstrdup(L, v);
   } else {
-    rc = split_hostport(v, &hp.host, &hp.port, &why);
+    rc = px_conf_split_hostport(v, &hp.host, &hp.port, &why);
     if (rc == -ENOMEM) {
       oom(L);
       return rc;
@@ -1416,7 +1468,7 @@ static int p_socket(struct loader *L, const struct key_def *k, const char *v,
       bad(L,
           "bad value \"%s\" for %s: %s (use the absolute path of clamd's "
           "unix socket, or host:port)",
-          show(q, v), k->name, why);
+          px_conf_show(q, v), k->name, why);
       return rc;
     }
     n = strlen(hp.host) + strlen(hp.port) + 4;
@@ -1466,7 +1518,7 @@ static int p_command(struct loader *L, const struct key_def *k, const char *v,
     bad(L,
         "bad value \"%s\" for %s (the program's absolute path, then its "
         "arguments, separated by spaces; no shell)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   /* Words: at most one per two characters, plus the NULL. */
@@ -1489,15 +1541,15 @@ static int p_command(struct loader *L, const struct key_def *k, const char *v,
   }
   if (stat(argv[0], &st) == -1) {
     e = errno;
-    bad(L, "cannot run %s \"%s\": %s", k->name, show(q, argv[0]),
+    bad(L, "cannot run %s \"%s\": %s", k->name, px_conf_show(q, argv[0]),
         ERRSTR(e, ebuf));
   } else if (!S_ISREG(st.st_mode)) {
     bad(L, "cannot run %s \"%s\": not a regular file", k->name,
-        show(q, argv[0]));
+        px_conf_show(q, argv[0]));
   } else if (access(argv[0], X_OK) == -1) {
     e = errno;
     bad(L, "cannot run %s \"%s\": not executable: %s", k->name,
-        show(q, argv[0]), ERRSTR(e, ebuf));
+        px_conf_show(q, argv[0]), ERRSTR(e, ebuf));
   } else {
     argv_free(*dst);
     *dst = argv;
@@ -1530,7 +1582,7 @@ static int p_header_add(struct loader *L, const struct key_def *k,
     bad(L,
         "bad value \"%s\" for %s (use \"Name: value\", as in "
         "X-Scanned-By: popgate)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   nlen = (size_t)(colon - v);
@@ -1544,7 +1596,7 @@ static int p_header_add(struct loader *L, const struct key_def *k,
     bad(L,
         "bad header name \"%s\" in %s (1 to %d printable ASCII characters, "
         "no space or \":\", as in X-Scanned-By)",
-        show(q, nb), k->name, PX_HDR_NAME_MAX);
+        px_conf_show(q, nb), k->name, PX_HDR_NAME_MAX);
     return -EINVAL;
   }
   for (p = colon + 1; *p != '\0'; p++)
@@ -1554,12 +1606,12 @@ static int p_header_add(struct loader *L, const struct key_def *k,
     bad(L,
         "bad header value in %s = %s (printable ASCII characters and tabs "
         "only)",
-        k->name, show(q, v));
+        k->name, px_conf_show(q, v));
     return -EINVAL;
   }
   if (strlen(v) > PX_HDR_LINE_MAX) {
     bad(L, "%s = %s is longer than %d characters (the line limit of RFC 5322)",
-        k->name, show(q, v), PX_HDR_LINE_MAX);
+        k->name, px_conf_show(q, v), PX_HDR_LINE_MAX);
     return -EINVAL;
   }
   grown = realloc(*arr, (*n + 1) * sizeof **arr);
@@ -1593,23 +1645,26 @@ static int file_value(struct loader *L, const struct key_def *k, const char *v,
   if ((*out = xstrdup(L, v)) == NULL)
     return -ENOMEM;
   if (v[0] != '/' || v[strlen(v) - 1] == '/' || has_ctl(v)) {
-    bad(L, "bad value \"%s\" for %s (use an absolute file path)", show(q, v),
-        k->name);
+    bad(L, "bad value \"%s\" for %s (use an absolute file path)",
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   if (stat(v, &st) == -1) {
     e = errno;
-    bad(L, "cannot read %s \"%s\": %s", k->name, show(q, v), ERRSTR(e, ebuf));
+    bad(L, "cannot read %s \"%s\": %s", k->name, px_conf_show(q, v),
+        ERRSTR(e, ebuf));
     return -EINVAL;
   }
   if (!S_ISREG(st.st_mode)) {
-    bad(L, "cannot read %s \"%s\": not a regular file", k->name, show(q, v));
+    bad(L, "cannot read %s \"%s\": not a regular file", k->name,
+        px_conf_show(q, v));
     return -EINVAL;
   }
   fd = open(v, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd == -1) {
     e = errno;
-    bad(L, "cannot read %s \"%s\": %s", k->name, show(q, v), ERRSTR(e, ebuf));
+    bad(L, "cannot read %s \"%s\": %s", k->name, px_conf_show(q, v),
+        ERRSTR(e, ebuf));
     return -EINVAL;
   }
   close(fd);
@@ -1708,7 +1763,7 @@ static int p_tls_version(struct loader *L, const struct key_def *k,
       return -EINVAL;
     }
   }
-  bad(L, "bad value \"%s\" for %s (use TLSv1.2 or TLSv1.3)", show(q, v),
+  bad(L, "bad value \"%s\" for %s (use TLSv1.2 or TLSv1.3)", px_conf_show(q, v),
       k->name);
   return -EINVAL;
 }
@@ -1727,8 +1782,8 @@ static int p_ciphers(struct loader *L, const struct key_def *k, const char *v,
   int ok;
 
   if (has_ctl(v)) {
-    bad(L, "bad value \"%s\" for %s (an OpenSSL cipher string)", show(q, v),
-        k->name);
+    bad(L, "bad value \"%s\" for %s (an OpenSSL cipher string)",
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   ERR_clear_error();
@@ -1747,7 +1802,7 @@ static int p_ciphers(struct loader *L, const struct key_def *k, const char *v,
            "%s = %s matches no TLS 1.2 cipher of this OpenSSL (use a cipher "
            "string such as ECDHE+AESGCM:ECDHE+CHACHA20; TLS 1.3 suites are "
            "not set here)",
-           k->name, show(q, v));
+           k->name, px_conf_show(q, v));
     return -EINVAL;
   }
   if ((s = xstrdup(L, v)) == NULL)
@@ -1796,7 +1851,7 @@ static int p_server_name(struct loader *L, const struct key_def *k,
     bad(L,
         "bad value \"%s\" for %s (use a DNS name such as mail.example or an "
         "IP address, without port or brackets)",
-        show(q, v), k->name);
+        px_conf_show(q, v), k->name);
     return -EINVAL;
   }
   if ((s = xstrdup(L, v)) == NULL)
@@ -2128,7 +2183,7 @@ static void begin_section(struct loader *L, char *inner, const char *after)
     after++;
   if (*after != '\0' && *after != ';' && *after != '#') {
     errorf(L, line, "unexpected text \"%s\" after the section header",
-           show(q, after));
+           px_conf_show(q, after));
     return;
   }
 
@@ -2146,7 +2201,7 @@ static void begin_section(struct loader *L, char *inner, const char *after)
     errorf(L, line,
            "unknown section [%s] (use [popgate], [listener:NAME], "
            "[upstream:NAME] or [filter:NAME])",
-           show(q, inner));
+           px_conf_show(q, inner));
     return;
   }
   if (kind == SEC_MAIN) {
@@ -2175,7 +2230,7 @@ static void begin_section(struct loader *L, char *inner, const char *after)
     errorf(L, line,
            "bad section name \"%s\" in [%s:...] (use up to %d "
            "letters, digits, \"_\", \".\" and \"-\")",
-           show(q, name), sec_kind_names[kind], PX_CONF_MAX_NAME);
+           px_conf_show(q, name), sec_kind_names[kind], PX_CONF_MAX_NAME);
     return;
   }
   {
@@ -2280,7 +2335,7 @@ static void begin_key(struct loader *L, const char *name, const char *value)
     errorf(L, L->lineno,
            "key \"%s\" outside of any section (put it under "
            "[popgate], [listener:NAME], [upstream:NAME] or [filter:NAME])",
-           show(q, name));
+           px_conf_show(q, name));
     return;
   }
   if (L->kind == SEC_SKIP)
@@ -2300,7 +2355,7 @@ static void begin_key(struct loader *L, const char *name, const char *value)
              name, cur_label(L, sec, sizeof sec), name, elsewhere,
              strcmp(elsewhere, "popgate") == 0 ? "" : ":NAME");
     else
-      errorf(L, L->lineno, "unknown key \"%s\" in %s", show(q, name),
+      errorf(L, L->lineno, "unknown key \"%s\" in %s", px_conf_show(q, name),
              cur_label(L, sec, sizeof sec));
     return;
   }
@@ -2647,12 +2702,12 @@ static void finish_listener_tls(struct loader *L, struct px_conf_listener *l,
       errorf(L, ck->line,
              "cert \"%s\" without a key (cert and key lines pair up in "
              "order: the first key belongs to the first cert, and so on)",
-             show(q, ck->cert));
+             px_conf_show(q, ck->cert));
     else if (ck->cert == NULL)
       errorf(L, ck->key_line,
              "key \"%s\" without a cert (cert and key lines pair up in "
              "order: the first key belongs to the first cert, and so on)",
-             show(q, ck->key));
+             px_conf_show(q, ck->key));
   }
 }
 
@@ -2672,12 +2727,12 @@ static void finish_upstream_tls(struct loader *L, struct px_conf_upstream *u,
     errorf(L, u->client.line,
            "cert \"%s\" without a key (a client certificate needs both cert "
            "and key)",
-           show(q, u->client.cert));
+           px_conf_show(q, u->client.cert));
   else if (u->client.key != NULL && u->client.cert == NULL)
     errorf(L, u->client.key_line,
            "key \"%s\" without a cert (a client certificate needs both cert "
            "and key)",
-           show(q, u->client.key));
+           px_conf_show(q, u->client.key));
 }
 
 /* The types of a KEY_T_* mask, as "clamav, clamd or command". */
