@@ -28,8 +28,8 @@ ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Iproxy -Ifilters \
 
 SRCS  := $(wildcard proxy/*.c) $(wildcard filters/*.c)
 # Modules with no I/O: unit tests and fuzz targets link these.
-CODEC := proxy/dot.c proxy/pop3.c proxy/cmdq.c proxy/conf.c proxy/tls.c proxy/spool.c \
-         $(wildcard filters/*.c)
+CODEC := proxy/dot.c proxy/pop3.c proxy/cmdq.c proxy/tls.c proxy/spool.c \
+         $(wildcard proxy/conf*.c) $(wildcard filters/*.c)
 UNIT  := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 FUZZ  := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 
