@@ -83,7 +83,7 @@ bench: all
 
 build/fuzz/%: tests/fuzz/%.c $(CODEC) tests/testutil.h
 	@mkdir -p build/fuzz
-	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy -Itests \
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy -Ifilters -Itests \
 	  $(PKG_CFLAGS) $(filter %.c,$^) $(PKG_LIBS) -o $@
 
 fuzz: $(FUZZ:%=build/fuzz/%)

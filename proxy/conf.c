@@ -13,16 +13,16 @@
  * A value is collected (key line plus its continuation lines, joined with
  * single spaces) and parsed when the next key, section or the end of the file
  * shows that it is complete, by the parser its row in conf_keys[] names
- * (conf_keys.c). After the last line, conf_finish() (conf_check.c) checks what
- * only the whole file can tell: required keys, references between sections,
- * duplicates.
+ * (conf_keys.c; a filter type's own keys go to its flt_ops.parse). After the
+ * last line, conf_finish() (conf_check.c) checks what only the whole file
+ * can tell: required keys, references between sections, duplicates.
  *
  * Every problem becomes one "FILE:LINE: message" line; parsing goes on after
  * an error so that one run reports all of them (up to PX_CONF_MAX_ERRORS),
  * sorted by line.
  *
  * A generation is refcounted (px_conf_ref/unref) and freed as a whole, with
- * whatever the value parsers stored in it.
+ * whatever the value parsers and the filters' parse hooks stored in it.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -460,11 +460,15 @@ static void begin_key(struct loader *L, const char *name, const char *value)
     return;
   }
   k = conf_find_key(L->kind, name);
+  if (k == NULL && L->kind == SEC_FILTER && conf_type_key(name, &p->type_key))
+    k = &p->type_key;
   if (k == NULL) {
     const char *elsewhere = NULL;
     for (i = 0; i < conf_nkeys && elsewhere == NULL; i++)
       if (strcmp(conf_keys[i].name, name) == 0)
         elsewhere = conf_sec_names[conf_keys[i].sec];
+    if (elsewhere == NULL && conf_type_key(name, &p->type_key))
+      elsewhere = conf_sec_names[SEC_FILTER];
     if (elsewhere != NULL)
       conf_errorf(L, L->lineno,
                   "unknown key \"%s\" in %s (%s belongs in [%s%s])", name,
@@ -482,7 +486,10 @@ static void begin_key(struct loader *L, const char *name, const char *value)
                 name, cur_label(L, sec, sizeof sec));
     return;
   }
-  seen = &L->info->seen[k - conf_keys];
+  if ((seen = conf_seen(L->info, k)) == NULL) {
+    internal_error(L);
+    return;
+  }
   if (*seen != 0 && !(k->flags & KEY_REPEATABLE)) {
     conf_errorf(L, L->lineno, "duplicate key \"%s\" in %s (first at line %d)",
                 name, cur_label(L, sec, sizeof sec), *seen);

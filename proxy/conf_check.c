@@ -1,7 +1,7 @@
 /* conf_check.c - what only the whole file tells, after its last line.
  *
  * Required keys; each [filter:NAME] against its type (keys of other types,
- * the type's required keys, database's default); references between
+ * the type's required keys, its flt_ops.check); references between
  * sections (a listener's upstream and filters, resolved into pointers now
  * that the arrays have stopped moving); two listeners on one address;
  * [popgate]'s sizes against each other; defaults that depend on other keys
@@ -25,72 +25,94 @@
 #include <string.h>
 #include <unistd.h>
 
-/* type: a filter's type, PX_FLT_COUNT when it has none (or for the other
- * sections, whose keys are of no type). A key for some filter types only
- * is required in sections of those types. */
+#include "filter.h"
+
+/* The required rows of conf_keys[] that a section lacks. */
 static void check_required(struct loader *L, enum sec_kind kind,
-                           const char *name, const struct sec_info *info,
-                           enum px_filter_type type)
+                           const char *name, const struct sec_info *info)
 {
-  unsigned t;
   size_t i;
 
   for (i = 0; i < conf_nkeys; i++) {
     if (conf_keys[i].sec != kind || !(conf_keys[i].flags & KEY_REQUIRED) ||
         info->seen[i] != 0)
       continue;
-    t = conf_keys[i].flags & KEY_T_ALL;
-    if (t == 0)
-      conf_errorf(L, info->line, "missing required key \"%s\" in [%s:%s]",
-                  conf_keys[i].name, conf_sec_names[kind], name);
-    else if (type < PX_FLT_COUNT && (t & KEY_T(type)))
-      conf_errorf(L, info->line,
-                  "missing required key \"%s\" in [%s:%s] (type = %s needs %s)",
-                  conf_keys[i].name, conf_sec_names[kind], name,
-                  px_filter_type_names[type],
-                  (conf_keys[i].flags & KEY_REPEATABLE) ? "at least one"
-                                                        : "it");
+    conf_errorf(L, info->line, "missing required key \"%s\" in [%s:%s]",
+                conf_keys[i].name, conf_sec_names[kind], name);
   }
 }
 
-/* The types of a KEY_T_* mask, as "clamav, clamd or command". */
-static const char *types_str(char *buf, size_t size, unsigned types)
+/* The types that take key, or with key NULL the FLT_FINDS_VIRUSES types,
+ * as "clamav, clamd or command". */
+static const char *types_str(char *buf, size_t size, const char *key)
 {
   const char *names[PX_FLT_COUNT];
-  int i, n = 0;
+  const struct flt_ops *ops;
+  int t, n = 0;
 
-  for (i = 0; i < PX_FLT_COUNT; i++)
-    if (types & KEY_T(i))
-      names[n++] = px_filter_type_names[i];
+  for (t = 0; t < PX_FLT_COUNT; t++) {
+    ops = flt_ops_of((enum px_filter_type)t);
+    if (key != NULL ? flt_key_of(ops, key) != NULL
+                    : (ops->flags & FLT_FINDS_VIRUSES) != 0)
+      names[n++] = px_filter_type_names[t];
+  }
   return conf_names_str(buf, size, names, n);
 }
 
-/* What only a whole [filter:NAME] tells: its type's required keys, keys
- * of other types (type may come last), the default of database. */
+/* What only a whole [filter:NAME] tells: the required keys, keys that
+ * belong to other types (type may come after them), then the type's own
+ * check, which also fills defaults that depend on the type. */
 static void finish_filter(struct loader *L, struct px_conf_filter *f,
                           const struct sec_info *info)
 {
-  char list[64];
-  unsigned t;
+  const struct flt_ops *ops = flt_ops_of(f->type), *o;
+  const struct flt_key *k;
+  char list[64], msg[PX_CONF_ERR_MSG];
+  int t, line, rc;
   size_t i;
 
-  f->database_line = conf_seen_line(info, SEC_FILTER, "database");
   f->quarantine_line = conf_seen_line(info, SEC_FILTER, "quarantine_dir");
+  check_required(L, SEC_FILTER, f->name, info);
   /* No type, or a bad one (reported already): nothing to check against. */
-  check_required(L, SEC_FILTER, f->name, info, f->type);
-  if (f->type >= PX_FLT_COUNT)
+  if (ops == NULL)
     return;
-  for (i = 0; i < conf_nkeys; i++) {
-    t = conf_keys[i].flags & KEY_T_ALL;
-    if (conf_keys[i].sec != SEC_FILTER || info->seen[i] == 0 || t == 0 ||
-        (t & KEY_T(f->type)))
+  for (k = ops->keys; k->name != NULL; k++)
+    if ((k->flags & FLT_KEY_REQUIRED) &&
+        conf_seen_line(info, SEC_FILTER, k->name) == 0)
+      conf_errorf(L, info->line,
+                  "missing required key \"%s\" in [filter:%s] (type = %s "
+                  "needs %s)",
+                  k->name, f->name, px_filter_type_names[f->type],
+                  (k->flags & FLT_KEY_REPEATABLE) ? "at least one" : "it");
+  /* Keys of other types, each once, in the order of the types' lists. */
+  for (t = 0; t < PX_FLT_COUNT; t++) {
+    o = flt_ops_of((enum px_filter_type)t);
+    for (k = o->keys; k->name != NULL; k++) {
+      line = conf_seen_line(info, SEC_FILTER, k->name);
+      if (line == 0 || flt_key_of(ops, k->name) != NULL ||
+          conf_type_owner(k->name) != o)
+        continue;
+      conf_errorf(L, line, "key %s is for type = %s, this is type = %s",
+                  k->name, types_str(list, sizeof list, k->name),
+                  px_filter_type_names[f->type]);
+    }
+  }
+  for (i = 0; i < conf_nkeys && !(ops->flags & FLT_FINDS_VIRUSES); i++) {
+    if (conf_keys[i].sec != SEC_FILTER || !(conf_keys[i].flags & KEY_VIRUS) ||
+        info->seen[i] == 0)
       continue;
     conf_errorf(L, info->seen[i], "key %s is for type = %s, this is type = %s",
-                conf_keys[i].name, types_str(list, sizeof list, t),
+                conf_keys[i].name, types_str(list, sizeof list, NULL),
                 px_filter_type_names[f->type]);
   }
-  if (f->type == PX_FLT_CLAMAV && f->database == NULL)
-    f->database = conf_xstrdup(L, "/var/lib/clamav");
+  if (ops->check == NULL)
+    return;
+  msg[0] = '\0';
+  rc = ops->check(f, msg, sizeof msg);
+  if (rc == -ENOMEM)
+    conf_oom(L);
+  else if (rc < 0)
+    conf_errorf(L, f->line, "%s", msg);
 }
 
 /* A listener's filters = names, as pointers into c->filters (complete
@@ -200,13 +222,12 @@ void conf_finish(struct loader *L)
   for (i = 0; i < c->nfilters; i++)
     finish_filter(L, &c->filters[i], &L->finfo[i]);
   for (i = 0; i < c->nupstreams; i++) {
-    check_required(L, SEC_UPSTREAM, c->upstreams[i].name, &L->uinfo[i],
-                   PX_FLT_COUNT);
+    check_required(L, SEC_UPSTREAM, c->upstreams[i].name, &L->uinfo[i]);
     conf_check_upstream_tls(L, &c->upstreams[i], &L->uinfo[i]);
   }
   for (i = 0; i < c->nlisteners; i++) {
     struct px_conf_listener *l = &c->listeners[i];
-    check_required(L, SEC_LISTENER, l->name, &L->linfo[i], PX_FLT_COUNT);
+    check_required(L, SEC_LISTENER, l->name, &L->linfo[i]);
     conf_check_listener_tls(L, l, &L->linfo[i]);
     resolve_filters(L, l, &L->linfo[i]);
     if (l->upstream_name == NULL)

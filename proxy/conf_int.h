@@ -4,7 +4,8 @@
  *   conf.c        the reader: inih's driver, sections, values collected
  *                 across continuation lines, FILE:LINE errors, px_conf_load,
  *                 the generation's ref/unref/free
- *   conf_keys.c   the key table and one parser per kind of field
+ *   conf_keys.c   the key table and one parser per kind of field; filter
+ *                 types' own keys go to their flt_ops.parse
  *   conf_value.c  value syntax on its own: numbers, sizes, durations,
  *                 host:port, names; the px_conf_parse_* and px_conf_value_*
  *   conf_tls.c    TLS keys (cert, key, ca_file, versions, ciphers,
@@ -43,8 +44,10 @@
 /* Longest error message, without "FILE:LINE: ". */
 #define PX_CONF_ERR_MSG 320
 
-/* Rows of conf_keys[] (checked where it is defined). */
-#define PX_CONF_MAX_KEYS 64
+/* Rows of conf_keys[] (checked where it is defined), and distinct keys of
+ * filter types one [filter:NAME] section can hold (flt_ops.keys). */
+#define PX_CONF_MAX_KEYS      64
+#define PX_CONF_MAX_TYPE_KEYS 16
 
 #define PX_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define PX_UNUSED       __attribute__((unused))
@@ -93,6 +96,7 @@ extern const char *const conf_sec_names[]; /* "popgate", "listener", ... */
 
 struct loader;
 struct key_def;
+struct flt_ops; /* filter.h */
 
 /* Parses a complete, trimmed, non-empty value into the field of base that
  * k names. Reports problems itself through conf_bad(); returns 0 or
@@ -105,15 +109,9 @@ enum {
   KEY_REQUIRED = 1 << 1,   /* the section is incomplete without it */
   KEY_IP_ONLY = 1 << 2,    /* host:port whose host must be an IP literal */
   KEY_EMPTY_OK = 1 << 3,   /* "key =" is a valid, empty value */
-  /* [filter:NAME] keys: the types they belong to (none: every type). With
-   * KEY_REQUIRED, required for those types only. */
-  KEY_T_CLAMAV = 1 << (8 + PX_FLT_CLAMAV),
-  KEY_T_CLAMD = 1 << (8 + PX_FLT_CLAMD),
-  KEY_T_COMMAND = 1 << (8 + PX_FLT_COMMAND),
-  KEY_T_HEADER = 1 << (8 + PX_FLT_HEADER),
+  KEY_VIRUS = 1 << 4,      /* [filter:NAME]: for FLT_FINDS_VIRUSES types */
+  KEY_TYPE = 1 << 5,       /* [filter:NAME]: a key of some types' flt_ops */
 };
-#define KEY_T(type) (1u << (8 + (type)))
-#define KEY_T_ALL   (KEY_T(PX_FLT_COUNT) - KEY_T(0))
 
 struct key_def {
   const char *name;
@@ -136,13 +134,19 @@ enum line_class { CLS_NONE = 0, CLS_KEY, CLS_CONT, CLS_DONE };
 struct sec_info {
   int line;                   /* line of its [header] */
   int seen[PX_CONF_MAX_KEYS]; /* line of each key's first occurrence */
-  size_t ncert, nkey;         /* a listener's cert and key lines so far */
+  struct {                    /* the same for filter types' keys */
+    const char *name;
+    int line;
+  } tseen[PX_CONF_MAX_TYPE_KEYS];
+  size_t ntseen;
+  size_t ncert, nkey; /* a listener's cert and key lines so far */
 };
 
 /* The value being collected: a key line and its continuation lines. */
 struct pending {
   int active;
   const struct key_def *k; /* NULL: collected, then thrown away */
+  struct key_def type_key; /* k for a filter type's key (KEY_TYPE) */
   int line;                /* the key's line */
   int last;                /* its last continuation line */
   char *val;
@@ -214,7 +218,17 @@ char *conf_xstrdup(struct loader *L, const char *s);
 
 /* The row of kind's key name; NULL when there is none. */
 const struct key_def *conf_find_key(enum sec_kind kind, const char *name);
-/* The line of key's first occurrence in a section; 0 when it has none. */
+/* A key some filter type takes (flt_ops.keys): fills *k with a row for it
+ * and returns 1; 0 when no type does. */
+int conf_type_key(const char *name, struct key_def *k);
+/* The first filter type, in enum order, that takes key name; NULL when
+ * none does. Its parse hook checks the key's value in a section of no
+ * type or of another type. */
+const struct flt_ops *conf_type_owner(const char *name);
+/* The line of k's first occurrence in a section, to read or to set; NULL
+ * only when info has no room left for another filter type's key. */
+int *conf_seen(struct sec_info *info, const struct key_def *k);
+/* The same by name; 0 when the key has not been seen. */
 int conf_seen_line(const struct sec_info *info, enum sec_kind kind,
                    const char *key);
 

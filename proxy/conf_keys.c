@@ -6,9 +6,11 @@
  * files and strings in conf_tls.c) copies a complete value out of the
  * reader's buffer, or reports it with conf_bad() at the key's line.
  *
- * Filters. A [filter:NAME] section takes the keys of every filter type; a
- * key's row says which types it belongs to (KEY_T_*), and conf_finish()
- * checks them against the section's type, because type may come after them.
+ * Filter types' keys. A [filter:NAME] section also takes the keys its type's
+ * flt_ops lists (database, socket, command, add, ...): they have no row
+ * here; conf_type_key() makes one whose parser, p_filter_key(), hands the
+ * value to the type's parse hook. type, on_virus, on_error and
+ * quarantine_dir are every type's and have rows.
  *
  * Also here: each section's defaults, and what frees its values.
  */
@@ -26,9 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
+
+#include "filter.h"
 
 const char *const px_tls_mode_names[] = { "off", "starttls", "implicit" };
 _Static_assert(sizeof px_tls_mode_names / sizeof *px_tls_mode_names ==
@@ -442,15 +443,53 @@ static int keyword_value(struct loader *L, const struct key_def *k,
   return -EINVAL;
 }
 
+/* type = one of the filter types (filters/types.c), any case. */
 static int p_filter_type(struct loader *L, const struct key_def *k,
                          const char *v, void *base)
 {
-  int i;
+  const struct flt_ops *ops = flt_ops_by_name(v);
+  char q[PX_CONF_SHOW + 4], list[128];
 
-  if (keyword_value(L, k, v, px_filter_type_names, PX_FLT_COUNT, &i) != 0)
+  if (ops == NULL) {
+    conf_bad(
+        L, "bad value \"%s\" for %s (use %s)", px_conf_show(q, v), k->name,
+        conf_names_str(list, sizeof list, px_filter_type_names, PX_FLT_COUNT));
     return -EINVAL;
-  *FIELD(base, k->off, enum px_filter_type) = (enum px_filter_type)i;
+  }
+  *FIELD(base, k->off, enum px_filter_type) = ops->type;
   return 0;
+}
+
+/* A key of filter types (KEY_TYPE): the parse hook of the section's type
+ * takes it when that type has the key. Otherwise (no type yet, or the key
+ * belongs to other types, which conf_finish() reports) the first type that
+ * has it does, so that its value is checked all the same. */
+static int p_filter_key(struct loader *L, const struct key_def *k,
+                        const char *v, void *base)
+{
+  struct px_conf_filter *f = base;
+  const struct flt_ops *ops = flt_ops_of(f->type);
+  char msg[PX_CONF_ERR_MSG] = "";
+  int rc;
+
+  if (ops == NULL || flt_key_of(ops, k->name) == NULL)
+    ops = conf_type_owner(k->name);
+  rc = ops->parse(f, k->name, v, L->pend.line, msg, sizeof msg);
+  if (rc == 1)
+    return 0;
+  if (rc == -ENOMEM) {
+    conf_oom(L);
+    return rc;
+  }
+  if (rc == 0) {
+    conf_errorf(L, L->pend.line,
+                "internal error: type = %s does not parse %s (please report "
+                "this)",
+                px_filter_type_names[ops->type], k->name);
+    return -EINVAL;
+  }
+  conf_bad(L, "%s", msg);
+  return -EINVAL;
 }
 
 static int p_on_virus(struct loader *L, const struct key_def *k, const char *v,
@@ -520,259 +559,16 @@ static int p_dir(struct loader *L, const struct key_def *k, const char *v,
   return 0;
 }
 
-/* ClamAV's signatures: a directory of them or one database file, which
- * must exist when given (the default is left to the engine load, which
- * reports a missing database better than a stat() can). */
-static int p_database(struct loader *L, const struct key_def *k, const char *v,
-                      void *base)
-{
-  char q[PX_CONF_SHOW + 4], ebuf[128];
-  char **dst = FIELD(base, k->off, char *);
-  struct stat st;
-  char *s;
-  int e;
-
-  if (v[0] != '/' || conf_has_ctl(v)) {
-    conf_bad(L,
-             "bad value \"%s\" for %s (use the absolute path of a directory or "
-             "a file)",
-             px_conf_show(q, v), k->name);
-    return -EINVAL;
-  }
-  if (stat(v, &st) == -1) {
-    e = errno;
-    conf_bad(L, "cannot use %s \"%s\": %s", k->name, px_conf_show(q, v),
-             ERRSTR(e, ebuf));
-    return -EINVAL;
-  }
-  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
-    conf_bad(L, "cannot use %s \"%s\": not a directory or a regular file",
-             k->name, px_conf_show(q, v));
-    return -EINVAL;
-  }
-  if (access(v, S_ISDIR(st.st_mode) ? R_OK | X_OK : R_OK) == -1) {
-    e = errno;
-    conf_bad(L, "cannot use %s \"%s\": not readable: %s", k->name,
-             px_conf_show(q, v), ERRSTR(e, ebuf));
-    return -EINVAL;
-  }
-  if ((s = conf_xstrdup(L, v)) == NULL)
-    return -ENOMEM;
-  free(*dst);
-  *dst = s;
-  return 0;
-}
-
-/* clamd's address: an absolute unix socket path (not checked: clamd may
- * start after popgate) or host:port, stored as "host:port" ("[v6]:port")
- * with the port in canonical decimal, for px_conf_parse_hostport(). */
-static int p_socket(struct loader *L, const struct key_def *k, const char *v,
-                    void *base)
-{
-  char q[PX_CONF_SHOW + 4];
-  char **dst = FIELD(base, k->off, char *);
-  struct px_conf_hostport hp = { NULL, NULL, 0 };
-  const char *why = NULL;
-  size_t n = strlen(v);
-  char *s;
-  int rc;
-
-  if (v[0] == '/') {
-    if (conf_has_ctl(v) || v[n - 1] == '/') {
-      conf_bad(L,
-               "bad value \"%s\" for %s (use the absolute path of clamd's unix "
-               "socket, or host:port)",
-               px_conf_show(q, v), k->name);
-      return -EINVAL;
-    }
-    if (n >= sizeof((struct sockaddr_un *)NULL)->sun_path) {
-      conf_bad(L,
-               "%s path \"%s\" is longer than %zu characters (the limit of a "
-               "unix socket address)",
-               k->name, px_conf_show(q, v),
-               sizeof((struct sockaddr_un *)NULL)->sun_path - 1);
-      return -EINVAL;
-    }
-    s = conf_xstrdup(L, v);
-  } else {
-    rc = px_conf_split_hostport(v, &hp.host, &hp.port, &why);
-    if (rc == -ENOMEM) {
-      conf_oom(L);
-      return rc;
-    }
-    if (rc != 0) {
-      conf_bad(L,
-               "bad value \"%s\" for %s: %s (use the absolute path of clamd's "
-               "unix socket, or host:port)",
-               px_conf_show(q, v), k->name, why);
-      return rc;
-    }
-    n = strlen(hp.host) + strlen(hp.port) + 4;
-    if ((s = malloc(n)) == NULL)
-      conf_oom(L);
-    else
-      conf_hostport_str(s, n, &hp);
-    conf_hostport_free(&hp);
-  }
-  if (s == NULL)
-    return -ENOMEM;
-  free(*dst);
-  *dst = s;
-  return 0;
-}
-
-static void argv_free(char **argv)
-{
-  size_t i;
-
-  if (argv == NULL)
-    return;
-  for (i = 0; argv[i] != NULL; i++)
-    free(argv[i]);
-  free(argv);
-}
-
-/* command = /abs/program arg...: split on spaces and tabs, no shell and no
- * quoting. The array at k->off gets a NULL after the last word (execv()
- * takes it as is), k->off_n the number of words. The program must be an
- * executable regular file now. */
-static int p_command(struct loader *L, const struct key_def *k, const char *v,
-                     void *base)
-{
-  char q[PX_CONF_SHOW + 4], ebuf[128];
-  char ***dst = FIELD(base, k->off, char **);
-  size_t *dstn = FIELD(base, k->off_n, size_t);
-  char **argv;
-  size_t n = 0, i, wl;
-  struct stat st;
-  int e;
-
-  for (i = 0; v[i] != '\0'; i++)
-    if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
-      break;
-  if (v[0] != '/' || v[i] != '\0') {
-    conf_bad(L,
-             "bad value \"%s\" for %s (the program's absolute path, then its "
-             "arguments, separated by spaces; no shell)",
-             px_conf_show(q, v), k->name);
-    return -EINVAL;
-  }
-  /* Words: at most one per two characters, plus the NULL. */
-  argv = calloc(strlen(v) / 2 + 2, sizeof *argv);
-  if (argv == NULL) {
-    conf_oom(L);
-    return -ENOMEM;
-  }
-  for (i = 0; v[i] != '\0'; i += wl) {
-    i += strspn(v + i, " \t");
-    wl = strcspn(v + i, " \t");
-    if (wl == 0)
-      break;
-    if ((argv[n] = strndup(v + i, wl)) == NULL) {
-      argv_free(argv);
-      conf_oom(L);
-      return -ENOMEM;
-    }
-    n++;
-  }
-  if (stat(argv[0], &st) == -1) {
-    e = errno;
-    conf_bad(L, "cannot run %s \"%s\": %s", k->name, px_conf_show(q, argv[0]),
-             ERRSTR(e, ebuf));
-  } else if (!S_ISREG(st.st_mode)) {
-    conf_bad(L, "cannot run %s \"%s\": not a regular file", k->name,
-             px_conf_show(q, argv[0]));
-  } else if (access(argv[0], X_OK) == -1) {
-    e = errno;
-    conf_bad(L, "cannot run %s \"%s\": not executable: %s", k->name,
-             px_conf_show(q, argv[0]), ERRSTR(e, ebuf));
-  } else {
-    argv_free(*dst);
-    *dst = argv;
-    *dstn = n;
-    return 0;
-  }
-  argv_free(argv);
-  return -EINVAL;
-}
-
-/* RFC 5322: a field name is 1 or more printable ASCII characters other
- * than ":" and space; at most 76 keeps "Name: " within the 78 characters
- * section 2.1.1 recommends for a line. A line is at most 998 (MUST). */
-#define PX_HDR_NAME_MAX 76
-#define PX_HDR_LINE_MAX 998
-
-/* add = Name: value (repeatable): appended, as written, to the array at
- * k->off (count at k->off_n). The value may be empty. */
-static int p_header_add(struct loader *L, const struct key_def *k,
-                        const char *v, void *base)
-{
-  char q[PX_CONF_SHOW + 4], nb[PX_CONF_SHOW + 2];
-  char ***arr = FIELD(base, k->off, char **);
-  size_t *n = FIELD(base, k->off_n, size_t);
-  const char *colon = strchr(v, ':'), *p;
-  size_t nlen, i;
-  char **grown, *s;
-
-  if (colon == NULL) {
-    conf_bad(L,
-             "bad value \"%s\" for %s (use \"Name: value\", as in "
-             "X-Scanned-By: popgate)",
-             px_conf_show(q, v), k->name);
-    return -EINVAL;
-  }
-  nlen = (size_t)(colon - v);
-  for (i = 0; i < nlen; i++)
-    if ((unsigned char)v[i] < 33 || (unsigned char)v[i] > 126)
-      break;
-  if (nlen == 0 || nlen > PX_HDR_NAME_MAX || i < nlen) {
-    i = nlen < sizeof nb - 1 ? nlen : sizeof nb - 1;
-    memcpy(nb, v, i);
-    nb[i] = '\0';
-    conf_bad(
-        L,
-        "bad header name \"%s\" in %s (1 to %d printable ASCII characters, "
-        "no space or \":\", as in X-Scanned-By)",
-        px_conf_show(q, nb), k->name, PX_HDR_NAME_MAX);
-    return -EINVAL;
-  }
-  for (p = colon + 1; *p != '\0'; p++)
-    if (((unsigned char)*p < 0x20 && *p != '\t') || (unsigned char)*p > 0x7e)
-      break;
-  if (*p != '\0') {
-    conf_bad(L,
-             "bad header value in %s = %s (printable ASCII characters and tabs "
-             "only)",
-             k->name, px_conf_show(q, v));
-    return -EINVAL;
-  }
-  if (strlen(v) > PX_HDR_LINE_MAX) {
-    conf_bad(
-        L, "%s = %s is longer than %d characters (the line limit of RFC 5322)",
-        k->name, px_conf_show(q, v), PX_HDR_LINE_MAX);
-    return -EINVAL;
-  }
-  grown = realloc(*arr, (*n + 1) * sizeof **arr);
-  if (grown == NULL) {
-    conf_oom(L);
-    return -ENOMEM;
-  }
-  *arr = grown;
-  if ((s = conf_xstrdup(L, v)) == NULL)
-    return -ENOMEM;
-  (*arr)[(*n)++] = s;
-  return 0;
-}
-
 #define M(f)  offsetof(struct px_conf, f)
 #define L_(f) offsetof(struct px_conf_listener, f)
 #define U(f)  offsetof(struct px_conf_upstream, f)
 #define F(f)  offsetof(struct px_conf_filter, f)
 
-/* Every key popgate knows. A new key is one row here, one field in
- * conf.h, its default and its free below; popgate.ini documents each row. Rows
- * without a parser are keys DESIGN.md promises and this build does not
- * implement yet: they get "not supported yet" instead of "unknown key". */
+/* Every key popgate knows, but the keys of filter types, which their
+ * flt_ops list. A new key is one row here, one field in conf.h, its
+ * default and its free below; popgate.ini documents each row. Rows without a
+ * parser are keys DESIGN.md promises and this build does not implement yet:
+ * they get "not supported yet" instead of "unknown key". */
 const struct key_def conf_keys[] = {
   { "workers", SEC_MAIN, p_auto_uint, M(workers), 0, 0, 1, 256, NULL },
   { "user", SEC_MAIN, p_user, M(user), 0, 0, 0, 0, NULL },
@@ -843,30 +639,9 @@ const struct key_def conf_keys[] = {
   { "xclient", SEC_UPSTREAM, NULL, 0, 0, 0, 0, 0, NULL },
 
   { "type", SEC_FILTER, p_filter_type, F(type), 0, KEY_REQUIRED, 0, 0, NULL },
-  { "database", SEC_FILTER, p_database, F(database), 0, KEY_T_CLAMAV, 0, 0,
+  { "on_virus", SEC_FILTER, p_on_virus, F(on_virus), 0, KEY_VIRUS, 0, 0, NULL },
+  { "quarantine_dir", SEC_FILTER, p_dir, F(quarantine_dir), 0, KEY_VIRUS, 0, 0,
     NULL },
-  /* libclamav takes both as 64-bit numbers; it scans one file of at most
-   * 2G - 1 and lowers a larger max_file_size to that. */
-  { "max_scan_size", SEC_FILTER, p_size64, F(max_scan_size), 0, KEY_T_CLAMAV,
-    SZ_K, 4 * SZ_G, NULL },
-  { "max_file_size", SEC_FILTER, p_size64, F(max_file_size), 0, KEY_T_CLAMAV,
-    SZ_K, 2 * SZ_G, NULL },
-  { "max_recursion", SEC_FILTER, p_uint, F(max_recursion), 0, KEY_T_CLAMAV, 1,
-    64, NULL },
-  { "max_files", SEC_FILTER, p_uint, F(max_files), 0, KEY_T_CLAMAV, 1, 1000000,
-    NULL },
-  { "scan_timeout", SEC_FILTER, p_duration, F(scan_timeout_ms), 0,
-    KEY_T_CLAMAV | KEY_T_CLAMD | KEY_T_COMMAND, MS_S, MS_H, NULL },
-  { "socket", SEC_FILTER, p_socket, F(socket), 0, KEY_T_CLAMD | KEY_REQUIRED, 0,
-    0, NULL },
-  { "command", SEC_FILTER, p_command, F(argv), F(argc),
-    KEY_T_COMMAND | KEY_REQUIRED, 0, 0, NULL },
-  { "add", SEC_FILTER, p_header_add, F(add), F(nadd),
-    KEY_T_HEADER | KEY_REQUIRED | KEY_REPEATABLE, 0, 0, NULL },
-  { "on_virus", SEC_FILTER, p_on_virus, F(on_virus), 0,
-    KEY_T_CLAMAV | KEY_T_CLAMD, 0, 0, NULL },
-  { "quarantine_dir", SEC_FILTER, p_dir, F(quarantine_dir), 0,
-    KEY_T_CLAMAV | KEY_T_CLAMD, 0, 0, NULL },
   /* Every type: a message over max_message_size is an error whichever
    * filters it meets. */
   { "on_error", SEC_FILTER, p_on_error, F(on_error), 0, 0, 0, 0, NULL },
@@ -891,12 +666,66 @@ const struct key_def *conf_find_key(enum sec_kind kind, const char *name)
   return NULL;
 }
 
+const struct flt_ops *conf_type_owner(const char *name)
+{
+  const struct flt_ops *ops;
+  int t;
+
+  for (t = 0; t < PX_FLT_COUNT; t++) {
+    ops = flt_ops_of((enum px_filter_type)t);
+    if (flt_key_of(ops, name) != NULL)
+      return ops;
+  }
+  return NULL;
+}
+
+int conf_type_key(const char *name, struct key_def *k)
+{
+  const struct flt_ops *ops = conf_type_owner(name);
+  const struct flt_key *fk;
+
+  if (ops == NULL)
+    return 0;
+  fk = flt_key_of(ops, name);
+  memset(k, 0, sizeof *k);
+  k->name = fk->name; /* static: outlives the section */
+  k->sec = SEC_FILTER;
+  k->parse = p_filter_key;
+  k->flags = KEY_TYPE;
+  if (fk->flags & FLT_KEY_REPEATABLE)
+    k->flags |= KEY_REPEATABLE;
+  return 1;
+}
+
+int *conf_seen(struct sec_info *info, const struct key_def *k)
+{
+  size_t i;
+
+  if (!(k->flags & KEY_TYPE))
+    return &info->seen[k - conf_keys];
+  for (i = 0; i < info->ntseen; i++)
+    if (strcmp(info->tseen[i].name, k->name) == 0)
+      return &info->tseen[i].line;
+  if (i == PX_CONF_MAX_TYPE_KEYS)
+    return NULL;
+  info->tseen[i].name = k->name;
+  info->tseen[i].line = 0;
+  info->ntseen++;
+  return &info->tseen[i].line;
+}
+
 int conf_seen_line(const struct sec_info *info, enum sec_kind kind,
                    const char *key)
 {
   const struct key_def *k = conf_find_key(kind, key);
+  size_t i;
 
-  return k != NULL ? info->seen[k - conf_keys] : 0;
+  if (k != NULL)
+    return info->seen[k - conf_keys];
+  for (i = 0; i < info->ntseen; i++)
+    if (strcmp(info->tseen[i].name, key) == 0)
+      return info->tseen[i].line;
+  return 0;
 }
 
 /* ---- defaults, and what frees the values ---- */
@@ -938,8 +767,9 @@ void conf_upstream_defaults(struct px_conf_upstream *u)
   u->max_response_line = 1024;
 }
 
-/* The defaults of every type; database's depends on the type, so
- * conf_finish() sets it. */
+/* The defaults of every type, which the section's type does not change
+ * (it may come last); database's depends on the type: clamav's check hook
+ * sets it. */
 void conf_filter_defaults(struct px_conf_filter *f)
 {
   memset(f, 0, sizeof *f);
@@ -1009,6 +839,18 @@ void conf_upstream_free(struct px_conf_upstream *u)
   u->nservers = 0;
 }
 
+static void argv_free(char **argv)
+{
+  size_t i;
+
+  if (argv == NULL)
+    return;
+  for (i = 0; argv[i] != NULL; i++)
+    free(argv[i]);
+  free(argv);
+}
+
+/* Whatever types' parse hooks stored, the type's or not. */
 void conf_filter_free(struct px_conf_filter *f)
 {
   size_t i;

@@ -1,8 +1,8 @@
 /* conf_value.c - value syntax, on its own: whole numbers, sizes,
  * durations, booleans, host:port, section names; the strings that range
- * messages print. Nothing here knows a key or a section: conf_keys.c calls
- * these with the key's name, so that every size, duration and number reads
- * and fails alike.
+ * messages print. Nothing here knows a key or a section: conf_keys.c and
+ * the filters' parse hooks (flt_ops.parse) call these with the key's name,
+ * so that every size, duration and number reads and fails alike.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
