@@ -28,9 +28,9 @@ ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Iproxy -Ifilters \
 
 SRCS  := $(wildcard proxy/*.c) $(wildcard filters/*.c)
 # Modules with no I/O: unit tests and fuzz targets link these.
-CODEC := proxy/dot.c proxy/pop3.c proxy/cmdq.c proxy/conf.c proxy/tls.c proxy/spool.c \
+CODEC := proxy/dot.c proxy/pop3.c proxy/cmdq.c proxy/tls.c proxy/spool.c \
          proxy/log.c proxy/buf.c \
-         $(wildcard filters/*.c)
+         $(wildcard proxy/conf*.c) $(wildcard filters/*.c)
 UNIT  := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 FUZZ  := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 
@@ -93,7 +93,7 @@ bench: all
 
 build/fuzz/%: tests/fuzz/%.c $(CODEC) tests/testutil.h
 	@mkdir -p build/fuzz
-	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy -Itests \
+	clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy -Ifilters -Itests \
 	  $(PKG_CFLAGS) $(filter %.c,$^) $(PKG_LIBS) -o $@
 
 fuzz: $(FUZZ:%=build/fuzz/%)

@@ -47,23 +47,6 @@ struct flt_set {
   struct px_conf *conf; /* referenced: jobs point into its filters */
 };
 
-static const struct flt_ops *ops_of(enum px_filter_type t)
-{
-  switch (t) {
-  case PX_FLT_CLAMAV:
-    return &flt_clamav_ops;
-  case PX_FLT_CLAMD:
-    return &flt_clamd_ops;
-  case PX_FLT_COMMAND:
-    return &flt_command_ops;
-  case PX_FLT_HEADER:
-    return &flt_header_ops;
-  case PX_FLT_COUNT:
-    break;
-  }
-  return NULL;
-}
-
 static void set_free(struct flt_set *s)
 {
   for (size_t i = 0; i < s->n; i++)
@@ -138,7 +121,7 @@ int flt_set_new(const struct px_conf *c, struct flt_set **out, char *err,
   for (size_t i = 0; i < s->n; i++) {
     const struct px_conf_filter *cf = &c->filters[i];
     size_t used = strlen(err);
-    s->ops[i] = ops_of(cf->type);
+    s->ops[i] = flt_ops_of(cf->type);
     if (s->ops[i] == NULL) {
       rc = -EINVAL;
       continue;

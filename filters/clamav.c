@@ -11,16 +11,33 @@
  * message that exceeds them into Heuristics.Limits.Exceeded.*, which is
  * reported as an error, so on_error decides (ClamAV 1.4 otherwise calls
  * EICAR nested 25 zips deep clean).
+ *
+ * Keys (clamav_parse): database, max_scan_size, max_file_size,
+ * max_recursion, max_files, scan_timeout. A database given must exist
+ * now; the default (clamav_check) is not looked at before init(), which
+ * reports a missing database better than a stat() can.
  */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <clamav.h>
 
+#include "deadline.h"
 #include "filter.h"
+
+#define DEFAULT_DATABASE "/var/lib/clamav"
+
+#define SZ_K (UINT64_C(1) << 10)
+#define SZ_G (UINT64_C(1) << 30)
 
 struct clamav_state {
   struct cl_engine *engine;
@@ -53,7 +70,7 @@ static int set_num(struct cl_engine *e, enum cl_engine_field f, long long v)
 static int clamav_init(const struct px_conf *c, const struct px_conf_filter *cf,
                        void **state, char *err, size_t errlen)
 {
-  const char *db = cf->database != NULL ? cf->database : "/var/lib/clamav";
+  const char *db = cf->database != NULL ? cf->database : DEFAULT_DATABASE;
   int line = cf->database_line ? cf->database_line : cf->line;
   struct clamav_state *st;
   cl_error_t rc;
@@ -171,5 +188,115 @@ static void clamav_deinit(void *state)
   free(st);
 }
 
-const struct flt_ops flt_clamav_ops = { PX_FLT_CLAMAV, clamav_init, clamav_run,
-                                        clamav_deinit };
+/* ---- configuration ---- */
+
+static int has_ctl(const char *s)
+{
+  for (; *s != '\0'; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      return 1;
+  return 0;
+}
+
+/* ClamAV's signatures: a directory of them or one database file, which
+ * must exist and be readable now. */
+static int database_value(struct px_conf_filter *cf, const char *key,
+                          const char *v, int line, char *err, size_t errlen)
+{
+  char q[PX_CONF_SHOW + 4];
+  struct stat st;
+  char *s;
+
+  if (v[0] != '/' || has_ctl(v)) {
+    snprintf(err, errlen,
+             "bad value \"%s\" for %s (use the absolute path of a directory "
+             "or a file)",
+             px_conf_show(q, v), key);
+    return -EINVAL;
+  }
+  if (stat(v, &st) == -1) {
+    snprintf(err, errlen, "cannot use %s \"%s\": %s", key, px_conf_show(q, v),
+             strerror(errno));
+    return -EINVAL;
+  }
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen,
+             "cannot use %s \"%s\": not a directory or a regular file", key,
+             px_conf_show(q, v));
+    return -EINVAL;
+  }
+  if (access(v, S_ISDIR(st.st_mode) ? R_OK | X_OK : R_OK) == -1) {
+    snprintf(err, errlen, "cannot use %s \"%s\": not readable: %s", key,
+             px_conf_show(q, v), strerror(errno));
+    return -EINVAL;
+  }
+  if ((s = strdup(v)) == NULL)
+    return -ENOMEM;
+  free(cf->database);
+  cf->database = s;
+  cf->database_line = line;
+  return 1;
+}
+
+/* 1 for 0 (done), else rc: the px_conf_value_*() convention to parse()'s. */
+static int done(int rc)
+{
+  return rc == 0 ? 1 : rc;
+}
+
+/* libclamav takes the sizes as 64-bit numbers; it scans one file of at
+ * most 2G - 1 and lowers a larger max_file_size to that. */
+static int clamav_parse(struct px_conf_filter *cf, const char *key,
+                        const char *v, int line, char *err, size_t errlen)
+{
+  if (strcmp(key, "database") == 0)
+    return database_value(cf, key, v, line, err, errlen);
+  if (strcmp(key, "max_scan_size") == 0)
+    return done(px_conf_value_size(key, v, SZ_K, 4 * SZ_G, &cf->max_scan_size,
+                                   err, errlen));
+  if (strcmp(key, "max_file_size") == 0)
+    return done(px_conf_value_size(key, v, SZ_K, 2 * SZ_G, &cf->max_file_size,
+                                   err, errlen));
+  if (strcmp(key, "max_recursion") == 0)
+    return done(
+        px_conf_value_uint(key, v, 1, 64, &cf->max_recursion, err, errlen));
+  if (strcmp(key, "max_files") == 0)
+    return done(
+        px_conf_value_uint(key, v, 1, 1000000, &cf->max_files, err, errlen));
+  if (strcmp(key, "scan_timeout") == 0)
+    return done(px_conf_value_duration(key, v, FLT_TIMEOUT_MIN_MS,
+                                       FLT_TIMEOUT_MAX_MS, &cf->scan_timeout_ms,
+                                       err, errlen));
+  return 0;
+}
+
+/* The default database, so that cf->database is never NULL here. */
+static int clamav_check(struct px_conf_filter *cf, char *err, size_t errlen)
+{
+  (void)err;
+  (void)errlen;
+  if (cf->database == NULL && (cf->database = strdup(DEFAULT_DATABASE)) == NULL)
+    return -ENOMEM;
+  return 0;
+}
+
+static const struct flt_key clamav_keys[] = {
+  { "database", 0 },
+  { "max_scan_size", 0 },
+  { "max_file_size", 0 },
+  { "max_recursion", 0 },
+  { "max_files", 0 },
+  { "scan_timeout", 0 },
+  { NULL, 0 },
+};
+
+const struct flt_ops flt_clamav_ops = {
+  .type = PX_FLT_CLAMAV,
+  .init = clamav_init,
+  .run = clamav_run,
+  .deinit = clamav_deinit,
+  .flags = FLT_FINDS_VIRUSES,
+  .keys = clamav_keys,
+  .parse = clamav_parse,
+  .check = clamav_check,
+};

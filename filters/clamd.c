@@ -20,6 +20,9 @@
  * every wait is a poll() against that one deadline. Name resolution
  * (getaddrinfo) is bounded by resolv.conf's timeouts only: give clamd by
  * address, or a name in /etc/hosts. The answer is at most CD_REPLY_MAX.
+ *
+ * Keys (clamd_parse): socket (required), scan_timeout. A socket path is not
+ * checked: clamd may start after popgate.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -473,7 +476,91 @@ static void clamd_run(void *state, const struct px_conf_filter *cf,
   free(j);
 }
 
+/* ---- configuration ---- */
+
+/* clamd's address: an absolute unix socket path or host:port, stored as
+ * "host:port" ("[v6]:port") with the port in canonical decimal, for
+ * px_conf_parse_hostport(). */
+static int socket_value(struct px_conf_filter *cf, const char *key,
+                        const char *v, char *err, size_t errlen)
+{
+  char q[PX_CONF_SHOW + 4];
+  const size_t max = sizeof((struct sockaddr_un *)NULL)->sun_path - 1;
+  char *host, *port, *s;
+  const char *why = NULL;
+  size_t i, n = strlen(v);
+  int rc;
+
+  if (v[0] == '/') {
+    for (i = 0; i < n; i++)
+      if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+        break;
+    if (i < n || v[n - 1] == '/') {
+      snprintf(err, errlen,
+               "bad value \"%s\" for %s (use the absolute path of clamd's "
+               "unix socket, or host:port)",
+               px_conf_show(q, v), key);
+      return -EINVAL;
+    }
+    if (n > max) {
+      snprintf(err, errlen,
+               "%s path \"%s\" is longer than %zu characters (the limit of a "
+               "unix socket address)",
+               key, px_conf_show(q, v), max);
+      return -EINVAL;
+    }
+    s = strdup(v);
+  } else {
+    rc = px_conf_split_hostport(v, &host, &port, &why);
+    if (rc == -ENOMEM)
+      return rc;
+    if (rc != 0) {
+      snprintf(err, errlen,
+               "bad value \"%s\" for %s: %s (use the absolute path of clamd's "
+               "unix socket, or host:port)",
+               px_conf_show(q, v), key, why);
+      return rc;
+    }
+    n = strlen(host) + strlen(port) + 4;
+    if ((s = malloc(n)) != NULL)
+      snprintf(s, n, strchr(host, ':') != NULL ? "[%s]:%s" : "%s:%s", host,
+               port);
+    free(host);
+    free(port);
+  }
+  if (s == NULL)
+    return -ENOMEM;
+  free(cf->socket);
+  cf->socket = s;
+  return 1;
+}
+
+static int clamd_parse(struct px_conf_filter *cf, const char *key,
+                       const char *v, int line, char *err, size_t errlen)
+{
+  int rc;
+
+  (void)line;
+  if (strcmp(key, "socket") == 0)
+    return socket_value(cf, key, v, err, errlen);
+  if (strcmp(key, "scan_timeout") == 0) {
+    rc = px_conf_value_duration(key, v, FLT_TIMEOUT_MIN_MS, FLT_TIMEOUT_MAX_MS,
+                                &cf->scan_timeout_ms, err, errlen);
+    return rc == 0 ? 1 : rc;
+  }
+  return 0;
+}
+
+static const struct flt_key clamd_keys[] = {
+  { "socket", FLT_KEY_REQUIRED },
+  { "scan_timeout", 0 },
+  { NULL, 0 },
+};
+
 const struct flt_ops flt_clamd_ops = {
   .type = PX_FLT_CLAMD,
   .run = clamd_run,
+  .flags = FLT_FINDS_VIRUSES,
+  .keys = clamd_keys,
+  .parse = clamd_parse,
 };

@@ -14,6 +14,9 @@
  * is O_CLOEXEC, and the child gets only 0, 1 and 2: another pool thread
  * spawning at the same time must not hold our pipes open (our child would never
  * see EOF on stdin).
+ *
+ * Keys (command_parse): command (required), scan_timeout. The program must
+ * be an executable regular file when the configuration is loaded.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -515,7 +519,99 @@ static void command_run(void *state, const struct px_conf_filter *cf,
   free(j.out);
 }
 
+/* ---- configuration ---- */
+
+static void argv_free(char **argv)
+{
+  size_t i;
+
+  if (argv == NULL)
+    return;
+  for (i = 0; argv[i] != NULL; i++)
+    free(argv[i]);
+  free(argv);
+}
+
+/* command = /abs/program arg...: split on spaces and tabs, no shell and no
+ * quoting. cf->argv gets a NULL after the last word (execv() takes it as
+ * is), cf->argc the number of words. */
+static int command_value(struct px_conf_filter *cf, const char *key,
+                         const char *v, char *err, size_t errlen)
+{
+  char q[PX_CONF_SHOW + 4];
+  char **argv;
+  size_t n = 0, i, wl;
+  struct stat st;
+
+  for (i = 0; v[i] != '\0'; i++)
+    if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
+      break;
+  if (v[0] != '/' || v[i] != '\0') {
+    snprintf(err, errlen,
+             "bad value \"%s\" for %s (the program's absolute path, then its "
+             "arguments, separated by spaces; no shell)",
+             px_conf_show(q, v), key);
+    return -EINVAL;
+  }
+  /* Words: at most one per two characters, plus the NULL. */
+  argv = calloc(strlen(v) / 2 + 2, sizeof *argv);
+  if (argv == NULL)
+    return -ENOMEM;
+  for (i = 0; v[i] != '\0'; i += wl) {
+    i += strspn(v + i, " \t");
+    wl = strcspn(v + i, " \t");
+    if (wl == 0)
+      break;
+    if ((argv[n] = strndup(v + i, wl)) == NULL) {
+      argv_free(argv);
+      return -ENOMEM;
+    }
+    n++;
+  }
+  if (stat(argv[0], &st) == -1) {
+    snprintf(err, errlen, "cannot run %s \"%s\": %s", key,
+             px_conf_show(q, argv[0]), strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "cannot run %s \"%s\": not a regular file", key,
+             px_conf_show(q, argv[0]));
+  } else if (access(argv[0], X_OK) == -1) {
+    snprintf(err, errlen, "cannot run %s \"%s\": not executable: %s", key,
+             px_conf_show(q, argv[0]), strerror(errno));
+  } else {
+    argv_free(cf->argv);
+    cf->argv = argv;
+    cf->argc = n;
+    return 1;
+  }
+  argv_free(argv);
+  return -EINVAL;
+}
+
+static int command_parse(struct px_conf_filter *cf, const char *key,
+                         const char *v, int line, char *err, size_t errlen)
+{
+  int rc;
+
+  (void)line;
+  if (strcmp(key, "command") == 0)
+    return command_value(cf, key, v, err, errlen);
+  if (strcmp(key, "scan_timeout") == 0) {
+    rc = px_conf_value_duration(key, v, FLT_TIMEOUT_MIN_MS, FLT_TIMEOUT_MAX_MS,
+                                &cf->scan_timeout_ms, err, errlen);
+    return rc == 0 ? 1 : rc;
+  }
+  return 0;
+}
+
+static const struct flt_key command_keys[] = {
+  { "command", FLT_KEY_REQUIRED },
+  { "scan_timeout", 0 },
+  { NULL, 0 },
+};
+
 const struct flt_ops flt_command_ops = {
   .type = PX_FLT_COMMAND,
   .run = command_run,
+  .keys = command_keys,
+  .parse = command_parse,
 };

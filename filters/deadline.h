@@ -10,8 +10,12 @@
 
 #include "conf.h"
 
-/* scan_timeout when the section gives none (conf.c always sets one). */
+/* scan_timeout when the section gives none (conf_keys.c always sets one). */
 #define FLT_DEFAULT_TIMEOUT_MS 60000
+
+/* scan_timeout's range, for every type that takes the key. */
+#define FLT_TIMEOUT_MIN_MS 1000
+#define FLT_TIMEOUT_MAX_MS 3600000
 
 static inline uint64_t flt_now_ms(void)
 {

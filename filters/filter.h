@@ -47,6 +47,19 @@ struct flt_result {
   size_t repllen;  /* filter and the client see instead */
 };
 
+/* One key of a [filter:NAME] section that belongs to some filter types
+ * only. type, on_virus, on_error and quarantine_dir are every type's:
+ * conf.c parses those itself. */
+struct flt_key {
+  const char *name;
+  unsigned flags;
+};
+#define FLT_KEY_REPEATABLE (1u << 0) /* each line adds a value */
+#define FLT_KEY_REQUIRED   (1u << 1) /* a section of this type needs it */
+
+/* flt_ops.flags */
+#define FLT_FINDS_VIRUSES (1u << 0) /* on_virus and quarantine_dir apply */
+
 struct flt_ops {
   enum px_filter_type type;
   /* Main thread, at start, -t and reload: prepares what run() needs (the
@@ -62,10 +75,42 @@ struct flt_ops {
               const struct flt_msg *m, struct flt_result *r);
   /* Main thread, once no job uses state any more. NULL with init. */
   void (*deinit)(void *state);
+
+  /* The configuration of a section of this type. parse() and check() run
+   * in px_conf_load(), on any thread; what they store in cf belongs to the
+   * configuration generation, which frees it with cf, and is read-only
+   * from then on (run() reads it in pool threads). */
+  unsigned flags;             /* FLT_FINDS_VIRUSES */
+  const struct flt_key *keys; /* the type's own keys; { NULL, 0 } ends */
+  /* Parses value, complete and trimmed (continuation lines joined with
+   * spaces), of one of keys, given at line, into cf. Returns 1 when done,
+   * 0 when key is not one of this type's, -EINVAL with a message (no
+   * "FILE:LINE: ", no newline) in err[0..errlen), or -ENOMEM. conf.c also
+   * hands it the keys of this type in a section of another type, or of
+   * no type yet (type may come last), so that every value is checked
+   * once; conf.c then reports the key as one of another type's. */
+  int (*parse)(struct px_conf_filter *cf, const char *key, const char *value,
+               int line, char *err, size_t errlen);
+  /* After the section, when it is of this type: checks what only the
+   * whole section tells and fills defaults that depend on the type.
+   * Required keys are checked already (FLT_KEY_REQUIRED). Returns 0,
+   * -EINVAL with a message about the section (reported at its header
+   * line) in err, or -ENOMEM. NULL: nothing to check. */
+  int (*check)(struct px_conf_filter *cf, char *err, size_t errlen);
 };
 
 extern const struct flt_ops flt_clamav_ops, flt_clamd_ops, flt_command_ops,
     flt_header_ops;
+
+/* ---- types.c ------------------------------------------------------------ */
+
+/* The ops of a type; NULL when t is not one (PX_FLT_COUNT: not given). */
+const struct flt_ops *flt_ops_of(enum px_filter_type t);
+/* The ops whose type is named type (as in px_filter_type_names, any case);
+ * NULL when none is. */
+const struct flt_ops *flt_ops_by_name(const char *type);
+/* The entry of ops->keys named name; NULL when the type has no such key. */
+const struct flt_key *flt_key_of(const struct flt_ops *ops, const char *name);
 
 /* ---- chain.c ------------------------------------------------------------ */
 

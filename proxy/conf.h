@@ -219,4 +219,31 @@ int px_conf_warnings(const struct px_conf *c, char *out, size_t outlen);
 int px_conf_parse_bool(const char *s,
                        int *b); /* yes/no on/off true/false 1/0 */
 
+/* ---- for filters' parse hooks (flt_ops.parse in filter.h) ---- */
+
+/* How much of a user's value a message quotes. */
+#define PX_CONF_SHOW 80
+
+/* Copies s into buf for a message: control bytes become '?', and a long
+ * value is cut with "...". Returns buf. */
+const char *px_conf_show(char buf[static PX_CONF_SHOW + 4], const char *s);
+
+/* key = v as a whole number, a size (K, M, G) or a duration (ms, s, m, h)
+ * from min to max (bytes, milliseconds) into *out. Each returns 0, or
+ * -EINVAL with the message every key of its kind gets ("bad size ...",
+ * "KEY = V is out of range (MIN..MAX)") in err[0..errlen), and then
+ * leaves *out alone. Any thread. */
+int px_conf_value_uint(const char *key, const char *v, uint64_t min,
+                       uint64_t max, unsigned *out, char *err, size_t errlen);
+int px_conf_value_size(const char *key, const char *v, uint64_t min,
+                       uint64_t max, uint64_t *out, char *err, size_t errlen);
+int px_conf_value_duration(const char *key, const char *v, uint64_t min,
+                           uint64_t max, uint64_t *out, char *err,
+                           size_t errlen);
+
+/* px_conf_parse_hostport() that says what is wrong: on -EINVAL, *why is a
+ * static phrase such as "missing \":PORT\"". Or -ENOMEM. */
+int px_conf_split_hostport(const char *s, char **host, char **port,
+                           const char **why);
+
 #endif

@@ -3,7 +3,7 @@
  *   scanbench [-r REPEAT] [-T TMPDIR] [-C] [-v] [-t] DBDIR THREADS FILE...
  *
  * Builds one engine from DBDIR with the limits popgate's [filter:NAME]
- * type = clamav uses by default (filters/clamav.c, proxy/conf.c):
+ * type = clamav uses by default (filters/clamav.c, proxy/conf_keys.c):
  * max_scan_size 100M, max_file_size 25M, max_recursion 16, max_files
  * 10000, scan_timeout 60 s; scan options general = heuristics, parse =
  * every parser, heuristic = exceeds-max; the same virus-found callback.
@@ -241,7 +241,7 @@ int main(int argc, char **argv)
   engine = cl_engine_new();
   if (engine == NULL)
     return 2;
-  /* popgate's defaults (proxy/conf.c), set as filters/clamav.c sets them. */
+  /* popgate's defaults (proxy/conf_keys.c), as filters/clamav.c sets them. */
   if (set_num(CL_ENGINE_MAX_SCANSIZE, 100LL << 20, "max_scan_size") < 0 ||
       set_num(CL_ENGINE_MAX_FILESIZE, 25LL << 20, "max_file_size") < 0 ||
       set_num(CL_ENGINE_MAX_RECURSION, 16, "max_recursion") < 0 ||

@@ -1,4 +1,5 @@
-/* fuzz_conf.c - libFuzzer target for proxy/conf.c.
+/* fuzz_conf.c - libFuzzer target for the configuration parser
+ * (proxy/conf*.c, with the filter types' parse hooks).
  *
  * Feeds the input to px_conf_load_string() as a whole config file and to
  * each value parser, and checks what must hold whatever the input: success
@@ -6,10 +7,8 @@
  * one or more "NAME:..." lines; inih and conf.c's reader never disagree
  * about a line ("internal error"). ASan/LSan catch leaks and overflows.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iproxy -Itests \
- *     proxy/conf.c tests/fuzz/fuzz_conf.c $(pkg-config --cflags --libs inih) \
- *     -o fuzz_conf
- *   ./fuzz_conf -max_total_time=60 tests/fuzz/corpus/conf
+ *   make build/fuzz/fuzz_conf    (clang; links every module with no I/O)
+ *   build/fuzz/fuzz_conf -max_total_time=60 tests/fuzz/corpus/conf
  */
 #include <errno.h>
 #include <stdint.h>

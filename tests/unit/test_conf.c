@@ -1,4 +1,4 @@
-/* test_conf.c - unit tests for proxy/conf.c (cmocka).
+/* test_conf.c - unit tests for the config parser, proxy/conf*.c (cmocka).
  *
  * Every key with good and bad values, the FILE:LINE of each kind of error,
  * continuation lines, long lines, defaults, and the value parsers. Most
