@@ -14,6 +14,9 @@ actions, or a callable(conn, line) returning one:
     bytes            sent as is (one send())
     Sleep(t)         pause t seconds
     Pieces(data, n, delay)  send data in n-byte pieces, delay seconds apart
+    Trickle(data, seconds, pieces)  send data in `pieces` equal pieces spread
+                     evenly over `seconds` (paced by the clock, so the
+                     whole takes about `seconds` however long sends take)
     CLOSE            close the connection (FIN)
     RESET            close with RST (SO_LINGER 0)
     STALL            send nothing more; keep reading until the peer closes
@@ -52,6 +55,11 @@ class Sleep:
 class Pieces:
     def __init__(self, data, size=1, delay=0.0):
         self.data, self.size, self.delay = data, size, delay
+
+
+class Trickle:
+    def __init__(self, data, seconds, pieces=100):
+        self.data, self.seconds, self.pieces = data, float(seconds), max(1, int(pieces))
 
 
 class _Token:
@@ -240,6 +248,17 @@ class FakeUpstream:
                 for i in range(0, len(a.data), a.size):
                     c.sock.sendall(a.data[i:i + a.size])
                     if a.delay and self._stop.wait(a.delay):
+                        return False
+            elif isinstance(a, Trickle):
+                n = a.pieces
+                size = -(-len(a.data) // n) if a.data else 0
+                t0 = time.monotonic()
+                for i in range(n):
+                    piece = a.data[i * size:(i + 1) * size]
+                    if piece:
+                        c.sock.sendall(piece)
+                    due = t0 + a.seconds * (i + 1) / n
+                    if i + 1 < n and self._stop.wait(max(0.0, due - time.monotonic())):
                         return False
             elif a is CLOSE:
                 try:
