@@ -183,6 +183,27 @@ void px_blk_free_chain(struct px_blk *c)
   }
 }
 
+void px_buf_consume(struct px_buf *b, size_t n)
+{
+  while (n > 0) {
+    struct px_blk *k = b->head;
+    size_t have = k->len - k->off;
+
+    if (n < have) {
+      k->off += n;
+      b->len -= n;
+      return;
+    }
+    b->len -= have;
+    n -= have;
+    b->head = k->next;
+    if (b->head == NULL)
+      b->tail = NULL;
+    k->next = NULL;
+    px_blk_free_chain(k);
+  }
+}
+
 void px_buf_move(struct px_buf *dst, struct px_buf *src)
 {
   if (src->head == NULL)

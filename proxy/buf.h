@@ -67,6 +67,9 @@ struct px_blk *px_buf_take(struct px_buf *b, unsigned max);
 /* Frees every block of the chain c (may be NULL), wiping marked ones. */
 void px_blk_free_chain(struct px_blk *c);
 
+/* Drops the first n queued bytes (written elsewhere); n <= b->len. */
+void px_buf_consume(struct px_buf *b, size_t n);
+
 /* Moves every block of src to the tail of dst, in order. When dst is
  * marked, the moved blocks become marked too (dst may append to the last
  * one); blocks from a marked src stay marked. src stays as marked as it

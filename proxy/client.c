@@ -306,11 +306,7 @@ static void client_fail(struct px_conn *c, int err)
 
 static void client_sent(struct px_conn *c)
 {
-  struct px_session *s = of(c);
-
-  PX_CTR_ADD(s->w->ctr.bytes_client_out, c->wdone);
-  s->t_cli = sess_now(s);
-  sess_flush(s);
+  sess_flush(of(c));
 }
 
 static void client_low(struct px_conn *c)

@@ -274,6 +274,7 @@ int px_conn_init(struct px_conn *c, uv_loop_t *loop,
   c->delivering = c->again = 0;
   c->wipe_in = 0;
   c->bytes_in = c->bytes_out = 0;
+  c->wdone = 0;
   ops->hold(c);
   return 0;
 }
@@ -393,8 +394,10 @@ static void write_cb(uv_write_t *req, int status)
 
   px_blk_free_chain(c->wchain);
   c->wchain = NULL;
-  c->wdone = status == 0 ? c->wbytes : 0;
-  c->bytes_out += c->wdone;
+  if (status == 0) {
+    c->wdone += c->wbytes;
+    c->bytes_out += c->wbytes;
+  }
   c->wbytes = 0;
   c->writing = 0;
   if (status < 0) {
@@ -432,6 +435,41 @@ static int encrypt_queued(struct px_conn *c)
   return 0;
 }
 
+/* With nothing in flight, the queue's head goes to the socket right now
+ * (uv_try_write): a small answer then costs one write() and nothing more,
+ * where a uv_write would also cost a loop iteration for its callback and
+ * an epoll_ctl() to drop the POLLOUT interest it armed. What the socket
+ * does not take goes in one uv_write, as before; an error of the attempt
+ * (EAGAIN, or a real one) is left to that uv_write to meet and report.
+ * Not while the leg is over high water: low() must then come from a
+ * write callback. */
+static void write_now(struct px_conn *c, struct px_buf *wq)
+{
+  uv_buf_t bufs[PX_WRITE_MAX_BLKS];
+  unsigned n = 0;
+  int w;
+
+  if (c->over)
+    return;
+  for (struct px_blk *k = wq->head; k != NULL && n < PX_WRITE_MAX_BLKS;
+       k = k->next)
+    bufs[n++] = uv_buf_init(k->data + k->off, (unsigned)(k->len - k->off));
+  w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+  if (w <= 0)
+    return;
+  px_buf_consume(wq, (size_t)w);
+  c->bytes_out += (uint64_t)w;
+  c->wdone += (size_t)w;
+}
+
+size_t px_conn_take_done(struct px_conn *c)
+{
+  size_t n = c->wdone;
+
+  c->wdone = 0;
+  return n;
+}
+
 int px_conn_flush(struct px_conn *c)
 {
   uv_buf_t bufs[PX_WRITE_MAX_BLKS];
@@ -447,6 +485,9 @@ int px_conn_flush(struct px_conn *c)
       return rc;
     wq = &c->enc;
   }
+  if (wq->len == 0)
+    return 0;
+  write_now(c, wq);
   if (wq->len == 0)
     return 0;
   c->wchain = px_buf_take(wq, PX_WRITE_MAX_BLKS);

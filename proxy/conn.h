@@ -48,7 +48,7 @@ struct px_conn_ops {
   /* The leg ended or failed: UV_EOF, PX_ETLS, PX_EINPUT, a read or write
    * error. Reading has stopped; the owner decides the rest. */
   void (*fail)(struct px_conn *c, int err);
-  /* A write completed: c->wdone bytes reached the kernel. */
+  /* A write completed (px_conn_take_done says how much went out). */
   void (*sent)(struct px_conn *c);
   /* The output queue fell below low water after it had passed high. */
   void (*low)(struct px_conn *c);
@@ -89,7 +89,7 @@ struct px_conn {
   unsigned delivering : 1;
   unsigned again : 1; /* px_conn_replay() during a delivery */
   uint64_t bytes_in, bytes_out;
-  size_t wdone; /* bytes of the write that just finished */
+  size_t wdone; /* bytes written and not yet taken by the owner */
 };
 
 /* Initializes c's handle on loop. Holds one reference until closed. Reads
@@ -130,9 +130,14 @@ int px_conn_write(struct px_conn *c, const void *p, size_t n);
 char *px_conn_reserve(struct px_conn *c, size_t min, size_t *avail);
 void px_conn_commit(struct px_conn *c, size_t n);
 
-/* Starts a write of queued bytes unless one is in flight. Returns 0 or a
- * UV_E* code from uv_write. */
+/* Sends queued bytes unless a write is in flight: what the socket takes at
+ * once is written now (no callback follows for it), the rest in one
+ * uv_write. Returns 0 or a UV_E* code from uv_write. */
 int px_conn_flush(struct px_conn *c);
+
+/* Bytes that reached the kernel since the last call (for counters and
+ * the idle deadline). */
+size_t px_conn_take_done(struct px_conn *c);
 
 /* Puts TLS on the leg: what is queued already goes out as it is, every
  * byte after it through t (which c owns from now on, freed at close). A

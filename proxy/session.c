@@ -236,6 +236,7 @@ static void policy(struct px_session *s)
 
 void sess_flush(struct px_session *s)
 {
+  size_t sent;
   int rc;
 
   if (s->st == PX_ST_CLOSED)
@@ -243,6 +244,13 @@ void sess_flush(struct px_session *s)
   rc = px_conn_flush(&s->cli);
   if (rc == 0)
     rc = px_conn_flush(&s->up);
+  /* What reached the kernel, at once or through a write callback. */
+  sent = px_conn_take_done(&s->cli);
+  if (sent > 0) {
+    PX_CTR_ADD(s->w->ctr.bytes_client_out, sent);
+    s->t_cli = sess_now(s);
+  }
+  PX_CTR_ADD(s->w->ctr.bytes_upstream_out, px_conn_take_done(&s->up));
   if (rc < 0) {
     sess_close(s, "write_error");
     return;

@@ -135,8 +135,9 @@ static void stls_status(struct px_session *s, const struct px_fr_out *o,
                         size_t left)
 {
   char txt[PX_PEER_TEXT_MAX * 4 + 4], why[sizeof txt + 32];
+  int greeting = s->ust == PX_UP_GREETING;
 
-  if (s->ust == PX_UP_GREETING) {
+  if (greeting) {
     if (!o->ok) {
       sess_on_up_failed(s, "upstream_refused",
                         "-ERR [SYS/TEMP] Upstream refused the connection\r\n");
@@ -164,8 +165,8 @@ static void stls_status(struct px_session *s, const struct px_fr_out *o,
     up_tls_failed(s, why);
     return;
   }
-  if (s->ust == PX_UP_STLS)
-    up_start_tls(s);
+  if (!greeting)
+    up_start_tls(s); /* the +OK to our STLS */
 }
 
 static size_t upstream_data(struct px_conn *c, const char *p, size_t n)
@@ -274,10 +275,7 @@ static void upstream_fail(struct px_conn *c, int err)
 
 static void upstream_sent(struct px_conn *c)
 {
-  struct px_session *s = of(c);
-
-  PX_CTR_ADD(s->w->ctr.bytes_upstream_out, c->wdone);
-  sess_flush(s);
+  sess_flush(of(c));
 }
 
 static void upstream_low(struct px_conn *c)
