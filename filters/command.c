@@ -521,7 +521,7 @@ static void command_run(void *state, const struct px_conf_filter *cf,
 
 /* ---- configuration ---- */
 
-static void argv_free(char **argv)
+void flt_argv_free(char **argv)
 {
   size_t i;
 
@@ -563,7 +563,7 @@ static int command_value(struct px_conf_filter *cf, const char *key,
     if (wl == 0)
       break;
     if ((argv[n] = strndup(v + i, wl)) == NULL) {
-      argv_free(argv);
+      flt_argv_free(argv);
       return -ENOMEM;
     }
     n++;
@@ -578,12 +578,12 @@ static int command_value(struct px_conf_filter *cf, const char *key,
     snprintf(err, errlen, "cannot run %s \"%s\": not executable: %s", key,
              px_conf_show(q, argv[0]), strerror(errno));
   } else {
-    argv_free(cf->argv);
+    flt_argv_free(cf->argv);
     cf->argv = argv;
     cf->argc = n;
     return 1;
   }
-  argv_free(argv);
+  flt_argv_free(argv);
   return -EINVAL;
 }
 

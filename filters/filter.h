@@ -106,6 +106,8 @@ extern const struct flt_ops flt_clamav_ops, flt_clamd_ops, flt_command_ops,
 
 /* The ops of a type; NULL when t is not one (PX_FLT_COUNT: not given). */
 const struct flt_ops *flt_ops_of(enum px_filter_type t);
+/* Frees a command filter's argv (NULL-terminated), as conf frees it. */
+void flt_argv_free(char **argv);
 /* The ops whose type is named type (as in px_filter_type_names, any case);
  * NULL when none is. */
 const struct flt_ops *flt_ops_by_name(const char *type);

@@ -839,17 +839,6 @@ void conf_upstream_free(struct px_conf_upstream *u)
   u->nservers = 0;
 }
 
-static void argv_free(char **argv)
-{
-  size_t i;
-
-  if (argv == NULL)
-    return;
-  for (i = 0; argv[i] != NULL; i++)
-    free(argv[i]);
-  free(argv);
-}
-
 /* Whatever types' parse hooks stored, the type's or not. */
 void conf_filter_free(struct px_conf_filter *f)
 {
@@ -858,7 +847,7 @@ void conf_filter_free(struct px_conf_filter *f)
   free(f->name);
   free(f->database);
   free(f->socket);
-  argv_free(f->argv);
+  flt_argv_free(f->argv);
   for (i = 0; i < f->nadd; i++)
     free(f->add[i]);
   free(f->add);

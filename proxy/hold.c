@@ -38,10 +38,13 @@
 #define PX_EMIT_CHUNK (64 * 1024)
 
 enum px_hold_st {
-  PX_HOLD_CAPTURE = 0, /* the body is coming in; upstream read */
-  PX_HOLD_SCAN,        /* the chain's job waits for or runs in the pool */
-  PX_HOLD_EMIT,        /* the verdict goes out as the client keeps up */
-  PX_HOLD_DROPPED,     /* the session ended while the job ran */
+  PX_HOLD_CAPTURE = 0, /* reads the body from the upstream into the spool;
+                          keep-alive and upstream timeout */
+  PX_HOLD_SCAN,        /* the chain's job waits for or runs in the pool;
+                          nothing read; keep-alive */
+  PX_HOLD_EMIT,        /* writes the verdict as the client keeps up; idle */
+  PX_HOLD_DROPPED,     /* the session let go while the job ran: freed by
+                          its done callback */
   PX_HOLD_COUNT
 };
 

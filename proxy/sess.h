@@ -23,38 +23,54 @@
 #include "session.h"
 #include "worker.h"
 
+/* Each state says what the leg reads, what it writes, and which deadline
+ * runs ("idle" = idle_timeout from the client's last progress, always
+ * running; "login" = login_timeout from accept). */
+
 /* The POP3 dialogue, as the session sees it (session.c). */
 enum px_state {
-  PX_ST_CONNECTING = 0, /* the upstream's greeting is not relayed yet */
-  PX_ST_AUTHORIZATION,  /* RFC 1939 AUTHORIZATION */
-  PX_ST_TRANSACTION,    /* logged in */
-  PX_ST_CLOSING,        /* the upstream is gone; the client's output drains */
+  PX_ST_CONNECTING = 0, /* client read, upstream greeting awaited; login */
+  PX_ST_AUTHORIZATION,  /* both legs read and written; login */
+  PX_ST_TRANSACTION,    /* logged in: both legs; idle, upstream timeout */
+  PX_ST_CLOSING,        /* upstream closed; the client's output drains, its
+                           input is dropped; idle only */
   PX_ST_CLOSED,         /* handles closing; freed when the last ref goes */
   PX_ST_COUNT
 };
 
-/* The client leg: what its next bytes are (client.c). */
+/* The client leg: what its next bytes are (client.c). Reads go on in every
+ * state (EOF is seen at once); only output above high water pauses them. */
 enum px_cli_st {
-  PX_CLI_HANDSHAKE = 0, /* TLS handshake (implicit, or after STLS) */
-  PX_CLI_COMMANDS,      /* lines are commands, parsed while the queue has room */
-  PX_CLI_SASL_WAIT,     /* AUTH waits for the upstream's next line: kept */
-  PX_CLI_SASL_LINE,     /* a challenge went out: the next line is SASL data */
-  PX_CLI_STLS,          /* STLS accepted: any byte before TLS is injection */
-  PX_CLI_QUIT,          /* QUIT (or a closing reply) queued: bytes dropped */
-  PX_CLI_GONE,          /* closed after QUIT: its slot is free, QUIT finishes */
+  PX_CLI_HANDSHAKE = 0, /* reads ciphertext, writes the handshake;
+                           handshake_timeout */
+  PX_CLI_COMMANDS,      /* reads command lines into the queue while it has
+                           room and the output is under high water */
+  PX_CLI_SASL_WAIT,     /* an AUTH waits for the upstream: bytes kept in the
+                           input buffer, not parsed; upstream timeout */
+  PX_CLI_SASL_LINE,     /* a challenge went out: reads one SASL line and
+                           writes it upstream; idle (the upstream waits) */
+  PX_CLI_STLS,          /* STLS accepted, its +OK queued: any byte read is
+                           injection and ends the session */
+  PX_CLI_QUIT,          /* QUIT or a closing reply queued: reads and drops */
+  PX_CLI_GONE,          /* EOF after QUIT: reads nothing, still written to;
+                           its slot is free; upstream timeout */
   PX_CLI_COUNT
 };
 
 /* The upstream leg (upstream.c). */
 enum px_up_st {
-  PX_UP_IDLE = 0,  /* not connected yet (an implicit listener's handshake) */
-  PX_UP_RESOLVING, /* looking up a server's name */
-  PX_UP_CONNECTING,
-  PX_UP_RETRY,     /* an attempt failed; its handle closes, the next follows */
-  PX_UP_TLS,       /* TLS handshake (implicit, or after STLS) */
-  PX_UP_GREETING,  /* the greeting is due */
-  PX_UP_STLS,      /* our STLS went out; its +OK is due */
-  PX_UP_READY,     /* commands go up; answers framed by the queue's head */
+  PX_UP_IDLE = 0,  /* no socket yet (an implicit listener's handshake) */
+  PX_UP_RESOLVING, /* a name lookup in the pool; connect_timeout */
+  PX_UP_CONNECTING,/* TCP connect; connect_timeout */
+  PX_UP_RETRY,     /* an attempt failed; its handle closes, then the next
+                      address; connect_timeout */
+  PX_UP_TLS,       /* reads and writes the handshake (implicit, or after
+                      STLS); connect_timeout */
+  PX_UP_GREETING,  /* reads the greeting; upstream timeout */
+  PX_UP_STLS,      /* wrote STLS, reads its +OK; upstream timeout */
+  PX_UP_READY,     /* writes queued commands (the window), reads the head's
+                      answer; upstream timeout while an answer is owed and
+                      the client keeps up */
   PX_UP_CLOSED,
   PX_UP_COUNT
 };
